@@ -1,0 +1,169 @@
+"""`autoq` command line. User errors (AutoqError) become one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from autoq.errors import AutoqError, ConfigError
+
+EXIT_USER_ERROR = 2
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _project(args: argparse.Namespace):
+    from autoq.config import load_config
+    from autoq.pipeline import Project
+
+    return Project(load_config(args.config), log=_log)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from autoq.config import TEMPLATE
+
+    path = Path(args.output)
+    if path.exists() and not args.force:
+        raise ConfigError(f"{path} already exists; pass --force to overwrite it")
+    path.write_text(TEMPLATE, encoding="utf-8")
+    print(f"wrote {path}: edit model/data paths, then run `autoq search`")
+    return 0
+
+
+def _print_front(project, study) -> None:
+    from autoq.search.study import format_pareto, pareto_rows
+
+    base = project.baseline
+    print(f"\nfloat mAP {100 * base.map:.2f} (AP50 {100 * base.map50:.2f}); Pareto front (mAP and drop in points):")
+    print(format_pareto(pareto_rows(study, project.quantizable_names)))
+
+
+def _print_mlflow_hint(project) -> None:
+    cfg = project.config
+    print(
+        f"\nOpen the runs:  mlflow ui --backend-store-uri {cfg.tracking_uri()}\n"
+        f"Export a point: autoq export --config {cfg.file} --trial N --format horizon -o out.yaml"
+    )
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from autoq.search.study import run_search
+
+    project = _project(args)
+    study = run_search(project, budget=args.budget, timeout=args.timeout, seed=args.seed, log=_log)
+    _print_front(project, study)
+    _print_mlflow_hint(project)
+    return 0
+
+
+def cmd_pareto(args: argparse.Namespace) -> int:
+    from autoq.search.study import open_study
+
+    project = _project(args)
+    study = open_study(project, create=False)
+    _print_front(project, study)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from autoq.export.run import export_trial
+
+    project = _project(args)
+    for path in export_trial(project, trial=args.trial, fmt=args.format, out=Path(args.output)):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from autoq.config import load_config
+    from autoq.demo.project import write_demo_project
+    from autoq.pipeline import Project
+    from autoq.search.study import run_search
+
+    config_path = write_demo_project(Path(args.dir), log=_log)
+    project = Project(load_config(config_path), log=_log)
+    study = run_search(project, budget=args.budget, timeout=args.timeout, seed=args.seed, log=_log)
+    _print_front(project, study)
+    _print_mlflow_hint(project)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autoq", description="Search how to quantize an ONNX detector for an edge NPU."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", "-c", default="autoq.yaml", help="project file (default ./autoq.yaml)")
+        return p
+
+    p = sub.add_parser("init", help="write a commented autoq.yaml template")
+    p.add_argument("-o", "--output", default="autoq.yaml")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.set_defaults(func=cmd_init)
+
+    def search_options(p: argparse.ArgumentParser, budget_default: int | None) -> None:
+        p.add_argument("--budget", type=_positive_int, default=budget_default, help="trials in the study")
+        p.add_argument("--timeout", type=_positive_float, default=None, help="stop after S seconds")
+        p.add_argument("--seed", type=int, default=None, help="sampler seed")
+
+    p = with_config(sub.add_parser("search", help="run (or continue) the study"))
+    search_options(p, None)
+    p.set_defaults(func=cmd_search)
+
+    p = with_config(sub.add_parser("pareto", help="print the Pareto front of the study"))
+    p.set_defaults(func=cmd_pareto)
+
+    p = with_config(sub.add_parser("export", help="write a trial's configuration for a compiler"))
+    p.add_argument("--trial", type=int, required=True, help="trial number (see `autoq pareto`)")
+    p.add_argument("--format", "-f", default="horizon", help="export format (e.g. horizon)")
+    p.add_argument("-o", "--output", required=True, help="output file")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("demo", help="generate the demo project and run a search on it")
+    p.add_argument("--dir", default="autoq-demo", help="where to write the demo project")
+    search_options(p, 30)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except AutoqError as exc:
+        print(f"autoq: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("autoq: interrupted; finished trials are saved, run the same command to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,316 @@
+"""autoq.yaml -> frozen ProjectConfig. Every error names the file and the key.
+
+The loader is driven by the dataclass fields themselves: a section's keys are its fields, so an
+unknown key, a wrong type or a missing required value is reported the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autoq.errors import ConfigError
+from autoq.plan import GRANULARITIES, Precision
+
+DEFAULT_CONFIG = "autoq.yaml"
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    path: Path
+    adapter: str = "yolox"
+    adapter_options: Mapping[str, Any] = field(default_factory=dict)
+    input_size: tuple[int, int] | None = None  # (h, w); default: the model's static input shape
+
+
+@dataclass(frozen=True)
+class DataSection:
+    eval_images: Path
+    eval_annotations: Path
+    calib_images: Path
+    calib_count: int = 32
+    eval_subset: int = 0  # 0 = every annotated image
+
+
+@dataclass(frozen=True)
+class PreprocessSection:
+    resize: str = "letterbox"
+    pad_value: int = 114
+    color: str = "bgr"
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class TargetSection:
+    name: str = "generic-npu"
+
+
+@dataclass(frozen=True)
+class SpaceSection:
+    precisions: tuple[str, ...] = ("int8", "int16", "float")
+    granularities: tuple[str, ...] = ("per_tensor", "per_channel")
+    methods: tuple[str, ...] = ("minmax",)
+
+
+@dataclass(frozen=True)
+class SearchSection:
+    budget: int = 30
+    timeout: float | None = None
+    seed: int = 0
+    study_name: str = "autoq"
+    storage: str | None = None  # default: sqlite in <project>/.autoq/study.db
+
+
+@dataclass(frozen=True)
+class TrackingSection:
+    uri: str | None = None  # default: sqlite in <project>/mlflow.db
+    experiment: str | None = None  # default: the study name
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """The whole autoq.yaml; relative paths are resolved against the file's folder (``root``)."""
+
+    file: Path
+    root: Path
+    model: ModelSection
+    data: DataSection
+    preprocess: PreprocessSection = field(default_factory=PreprocessSection)
+    target: TargetSection = field(default_factory=TargetSection)
+    space: SpaceSection = field(default_factory=SpaceSection)
+    search: SearchSection = field(default_factory=SearchSection)
+    tracking: TrackingSection = field(default_factory=TrackingSection)
+
+    @property
+    def work_dir(self) -> Path:
+        """Where the study, caches and exports live."""
+        return self.root / ".autoq"
+
+    def storage_url(self) -> str:
+        return self.search.storage or f"sqlite:///{self.work_dir / 'study.db'}"
+
+    def tracking_uri(self) -> str:
+        return self.tracking.uri or f"sqlite:///{self.root / 'mlflow.db'}"
+
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.search.study_name
+
+
+_SECTIONS: dict[str, type] = {
+    "model": ModelSection,
+    "data": DataSection,
+    "preprocess": PreprocessSection,
+    "target": TargetSection,
+    "space": SpaceSection,
+    "search": SearchSection,
+    "tracking": TrackingSection,
+}
+
+
+def _where(file: Path, key: str) -> str:
+    return f"{file}: {key}"
+
+
+def _coerce(value: Any, tp: Any, file: Path, key: str) -> Any:
+    """Converts a YAML value to the annotated type, or raises ConfigError naming the key."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, file, key)
+    bad = ConfigError(f"{_where(file, key)} must be {_type_name(tp)}, got {value!r}")
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise bad
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (file.parent / p).resolve()
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], file, f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise bad
+        return tuple(_coerce(v, a, file, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin in (Mapping, dict) or tp in (dict, Mapping):
+        if not isinstance(value, dict):
+            raise bad
+        return dict(value)
+    raise TypeError(f"unsupported config type {tp!r}")  # a bug in this module, not user input
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_type_name(args[0])}"
+        return f"a list of {len(args)} values"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if tp is Path:
+        return "a path"
+    if origin in (Mapping, dict):
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, str(tp))
+
+
+def _build(cls: type, raw: Any, file: Path, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{_where(file, prefix)} must be a mapping of keys")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{_where(file, f'{prefix}.{unknown[0]}')} is not a known key; known keys of {prefix}: {', '.join(fields)}"
+        )
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}"
+        if name in raw:
+            kwargs[name] = _coerce(raw[name], hints[name], file, key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{_where(file, key)} is required")
+    return cls(**kwargs)
+
+
+def _validate(cfg: ProjectConfig) -> None:
+    f = cfg.file
+
+    def must(cond: bool, key: str, msg: str) -> None:
+        if not cond:
+            raise ConfigError(f"{_where(f, key)} {msg}")
+
+    must(cfg.model.path.is_file(), "model.path", f"file not found: {cfg.model.path}; give the path to your .onnx model")
+    must(cfg.data.eval_images.is_dir(), "data.eval_images", f"folder not found: {cfg.data.eval_images}")
+    must(
+        cfg.data.eval_annotations.is_file(),
+        "data.eval_annotations",
+        f"file not found: {cfg.data.eval_annotations}; give a COCO instances JSON",
+    )
+    must(cfg.data.calib_images.is_dir(), "data.calib_images", f"folder not found: {cfg.data.calib_images}")
+    must(cfg.data.calib_count > 0, "data.calib_count", "must be > 0")
+    must(cfg.data.eval_subset >= 0, "data.eval_subset", "must be >= 0 (0 = all images)")
+    if cfg.model.input_size is not None:
+        must(all(s > 0 for s in cfg.model.input_size), "model.input_size", "must be two positive integers [h, w]")
+    pp = cfg.preprocess
+    must(pp.resize in ("letterbox", "resize"), "preprocess.resize", "must be letterbox or resize")
+    must(pp.color in ("bgr", "rgb"), "preprocess.color", "must be bgr or rgb")
+    must(0 <= pp.pad_value <= 255, "preprocess.pad_value", "must be in 0..255")
+    must(all(s != 0 for s in pp.std), "preprocess.std", "must not contain 0")
+    known_p = [p.value for p in Precision]
+    must(bool(cfg.space.precisions), "space.precisions", f"must list at least one of {known_p}")
+    for p in cfg.space.precisions:
+        must(p in known_p, "space.precisions", f"has unknown precision {p!r}; known: {known_p}")
+    must(bool(cfg.space.granularities), "space.granularities", f"must list at least one of {list(GRANULARITIES)}")
+    for g in cfg.space.granularities:
+        must(g in GRANULARITIES, "space.granularities", f"has unknown granularity {g!r}; known: {list(GRANULARITIES)}")
+    must(bool(cfg.space.methods), "space.methods", "must list at least one range estimator")
+    must(cfg.search.budget > 0, "search.budget", "must be > 0 (number of trials)")
+    if cfg.search.timeout is not None:
+        must(cfg.search.timeout > 0, "search.timeout", "must be > 0 seconds")
+
+
+def load_config(path: str | Path = DEFAULT_CONFIG) -> ProjectConfig:
+    """Reads and validates autoq.yaml (yaml.safe_load only)."""
+    import yaml
+
+    file = Path(path).expanduser().resolve()
+    if not file.is_file():
+        raise ConfigError(f"{file}: config file not found; create one with `autoq init` or pass --config")
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{file}: invalid YAML{line}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}: must be a YAML mapping with sections {', '.join(_SECTIONS)}")
+    unknown = sorted(set(raw) - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(f"{file}: {unknown[0]} is not a known section; known: {', '.join(_SECTIONS)}")
+    for required in ("model", "data"):
+        if required not in raw:
+            raise ConfigError(f"{file}: {required} section is required")
+    sections = {name: _build(cls, raw.get(name), file, name) for name, cls in _SECTIONS.items()}
+    cfg = ProjectConfig(file=file, root=file.parent, **sections)
+    _validate(cfg)
+    return cfg
+
+
+TEMPLATE = """\
+# autoq.yaml - what to quantize, how to judge it, and where to search.
+# Relative paths are relative to this file. Reference: README.md "Config file".
+
+model:
+  path: model.onnx              # your float ONNX detector
+  adapter: yolox                # decodes raw outputs: yolox | demo | package.module:function
+  adapter_options:              # passed to the adapter
+    num_classes: 80
+    score_threshold: 0.01
+    nms_iou: 0.65
+    max_detections: 100
+  # input_size: [416, 416]      # (h, w); default: the model's static input shape
+
+data:
+  eval_images: coco/val2017                 # evaluation images
+  eval_annotations: coco/annotations/instances_val2017.json   # COCO instances JSON
+  eval_subset: 0                            # first N images by id; 0 = all
+  calib_images: coco/train2017              # calibration images (any folder of images)
+  calib_count: 32                           # how many calibration images
+
+preprocess:
+  resize: letterbox     # letterbox (keep aspect, top-left, pad) | resize (stretch)
+  pad_value: 114
+  color: bgr            # channel order the model expects: bgr | rgb
+  mean: [0, 0, 0]       # input = (pixel - mean) / std, pixels in 0..255
+  std: [1, 1, 1]        # raw 0..255 input: mean 0, std 1; x/255: std [255, 255, 255]
+
+target:
+  name: generic-npu     # hardware cost model used for latency_ms
+
+space:
+  precisions: [int8, int16, float]            # per-node choices; float = left unquantized (CPU)
+  granularities: [per_tensor, per_channel]    # weight quantization granularity
+  methods: [minmax]                           # activation range estimators
+
+search:
+  budget: 30            # trials in the study (a rerun continues up to this number)
+  # timeout: 28800      # seconds of wall time for this run
+  seed: 0
+  study_name: autoq
+  # storage: sqlite:///path/to/study.db   # default: .autoq/study.db next to this file
+
+tracking:
+  # uri: sqlite:///path/to/mlflow.db      # default: mlflow.db next to this file
+  # experiment: autoq                     # default: the study name
+"""

@@ -1,0 +1,45 @@
+"""QuantConfig <-> Optuna trial parameters.
+
+One categorical parameter per quantizable node (``node:<name>``) over the precisions the target
+and ``space.precisions`` allow, plus the calibration granularity and range method. A later issue
+groups nodes by sensitivity; the mapping stays in this module.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from autoq.plan import Calibration, Precision, QuantConfig
+
+NODE_PREFIX = "node:"
+GRANULARITY = "granularity"
+METHOD = "method"
+
+
+def suggest_config(
+    trial: Any,
+    node_names: Sequence[str],
+    precisions: Sequence[Precision],
+    granularities: Sequence[str],
+    methods: Sequence[str],
+) -> QuantConfig:
+    """Asks the trial for every parameter and returns the QuantConfig it decides."""
+    choices = [p.value for p in precisions]
+    assignment = {n: trial.suggest_categorical(NODE_PREFIX + n, choices) for n in node_names}
+    calibration = Calibration(
+        granularity=trial.suggest_categorical(GRANULARITY, list(granularities)),
+        method=trial.suggest_categorical(METHOD, list(methods)),
+    )
+    # The most common precision becomes the default, so `nodes` holds only the exceptions.
+    default = Counter(assignment.values()).most_common(1)[0][0] if assignment else choices[0]
+    return QuantConfig(calibration=calibration, default=Precision(default), nodes=assignment)
+
+
+def params_of(config: QuantConfig, node_names: Sequence[str]) -> dict[str, Any]:
+    """The trial parameters that reproduce ``config`` (for ``study.enqueue_trial``)."""
+    params: dict[str, Any] = {NODE_PREFIX + n: config.precision_of(n).value for n in node_names}
+    params[GRANULARITY] = config.calibration.granularity
+    params[METHOD] = config.calibration.method
+    return params

@@ -1,0 +1,125 @@
+"""MLflow mirror of the Optuna study: a parent run per study, a child run per trial.
+
+Optuna's storage is the source of truth. MLflow is written through an explicit client and each
+run id is stored on the Optuna trial (``user_attrs["mlflow_run_id"]``) and study, so a resumed
+study reopens the same runs instead of duplicating them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from autoq.plan import QuantConfig, TrialResult
+
+PARENT_ATTR = "mlflow_parent_run_id"
+RUN_ATTR = "mlflow_run_id"
+
+
+def _quiet() -> None:
+    for name in ("mlflow", "alembic", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class Tracker:
+    """Writes study and trial runs to one MLflow experiment."""
+
+    def __init__(self, *, uri: str, experiment: str, artifact_root: Path) -> None:
+        _quiet()
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            artifact_root.mkdir(parents=True, exist_ok=True)
+            self.experiment_id = self.client.create_experiment(
+                experiment, artifact_location=artifact_root.resolve().as_uri()
+            )
+        else:
+            self.experiment_id = exp.experiment_id
+
+    @staticmethod
+    def _now() -> int:
+        return int(time.time() * 1000)
+
+    def parent_run(self, study_name: str, existing: str | None, params: Mapping[str, Any]) -> str:
+        """The study's parent run: reopened when ``existing`` (from the study's user attrs) is given."""
+        if existing:
+            self.client.update_run(existing, status="RUNNING")
+            return existing
+        run = self.client.create_run(self.experiment_id, run_name=f"study {study_name}", tags={"autoq.kind": "study"})
+        self._log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i : i + 100])
+
+    def log_trial(
+        self,
+        *,
+        parent_id: str,
+        number: int,
+        config: QuantConfig,
+        params: Mapping[str, Any],
+        result: TrialResult | None,
+        extra_metrics: Mapping[str, float] = {},
+        failure: str | None = None,
+        run_id: str | None = None,
+    ) -> str:
+        """One trial's child run (params, metrics, QuantConfig YAML); returns its run id."""
+        from mlflow.entities import Metric, RunTag
+
+        if run_id is None:
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=f"trial {number}",
+                tags={"mlflow.parentRunId": parent_id, "autoq.trial": str(number), "pareto": "false"},
+            )
+            run_id = run.info.run_id
+            self._log_params(run_id, params)
+        ts = self._now()
+        metrics: dict[str, float] = dict(extra_metrics)
+        if result is not None:
+            metrics.update(result.metrics())
+            metrics.update({f"latency.{k}": float(v) for k, v in result.latency_breakdown.items()})
+            metrics.update({f"seconds.{k}": float(v) for k, v in result.seconds.items()})
+        tags = [RunTag("state", "failed" if failure else "complete")]
+        if failure:
+            tags.append(RunTag("failure_reason", failure[:5000]))
+        self.client.log_batch(
+            run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()], tags=tags
+        )
+        self.client.log_text(run_id, yaml.safe_dump(config.to_dict(), sort_keys=False), "quant_config.yaml")
+        if result is not None and result.per_class_ap:
+            lines = ["class,ap"] + [f"{k},{v:.6f}" for k, v in result.per_class_ap.items()]
+            self.client.log_text(run_id, "\n".join(lines) + "\n", "per_class_ap.csv")
+        self.client.set_terminated(run_id, status="FAILED" if failure else "FINISHED")
+        return run_id
+
+    def set_pareto(self, members: Iterable[str], all_runs: Iterable[str]) -> None:
+        """Keeps tag ``pareto`` current on every trial run."""
+        front = set(members)
+        for run_id in all_runs:
+            self.client.set_tag(run_id, "pareto", "true" if run_id in front else "false")
+
+    def finish_parent(self, parent_id: str, *, metrics: Mapping[str, float], texts: Mapping[str, str]) -> None:
+        from mlflow.entities import Metric
+
+        ts = self._now()
+        self.client.log_batch(parent_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()])
+        for name, text in texts.items():
+            self.client.log_text(parent_id, text, name)
+        self.client.set_terminated(parent_id, status="FINISHED")
+
+    def log_artifact(self, run_id: str, path: Path) -> None:
+        self.client.log_artifact(run_id, str(path))
