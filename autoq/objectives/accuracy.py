@@ -1,0 +1,178 @@
+"""COCO mAP of one model on a cached evaluation set.
+
+`evaluate` = `run_model` (ORT over the cached uint8 images) -> `detect` (adapter) -> `coco_metrics`
+(pycocotools, results built in memory, its printing silenced).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from autoq.adapters import bind_input_size
+from autoq.adapters.base import Adapter, Detections, ImageMeta
+from autoq.data.preprocess import Preprocess, to_input
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+    from autoq.data.coco import EvalSet
+
+__all__ = ["CocoMetrics", "coco_metrics", "create_session", "detect", "evaluate", "run_model"]
+
+
+@dataclass(frozen=True)
+class CocoMetrics:
+    """COCO bbox metrics; size-range APs are nan when the set has no ground truth of that size."""
+
+    map: float
+    map50: float
+    map_small: float
+    map_medium: float
+    map_large: float
+    per_class_ap: Mapping[str, float] = field(default_factory=dict)  # classes without GT omitted
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "map": self.map,
+            "map50": self.map50,
+            "map_small": self.map_small,
+            "map_medium": self.map_medium,
+            "map_large": self.map_large,
+            "per_class_ap": dict(self.per_class_ap),
+        }
+
+
+def create_session(model: bytes | str | os.PathLike[str], *, threads: int = 0) -> onnxruntime.InferenceSession:
+    """A CPU session using every core (``threads`` <= 0) — one trial runs at a time per process."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads if threads > 0 else (os.cpu_count() or 1)
+    opts.log_severity_level = 3
+    source = bytes(model) if isinstance(model, (bytes, bytearray)) else os.fspath(model)
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+
+
+def run_model(
+    session_or_bytes: onnxruntime.InferenceSession | bytes,
+    eval_images: np.ndarray,
+    pp: Preprocess,
+    *,
+    batch_size: int = 1,
+    input_name: str | None = None,
+) -> list[list[np.ndarray]]:
+    """One ORT pass over cached uint8 NHWC images; returns the raw outputs of each batch.
+
+    A model with a fixed batch dimension runs at that batch size (the last batch is padded with
+    copies of its last image and the padding trimmed from the outputs).
+    """
+    session = create_session(session_or_bytes) if isinstance(session_or_bytes, (bytes, bytearray)) else session_or_bytes
+    inputs = session.get_inputs()
+    meta = next((i for i in inputs if i.name == input_name), inputs[0]) if input_name else inputs[0]
+    name = meta.name
+    fixed = meta.shape[0] if meta.shape and isinstance(meta.shape[0], int) and meta.shape[0] > 0 else 0
+    batch_size = fixed or max(1, int(batch_size))
+    outputs: list[list[np.ndarray]] = []
+    for start in range(0, len(eval_images), batch_size):
+        batch = eval_images[start : start + batch_size]
+        real = len(batch)
+        if fixed and real < fixed:
+            batch = np.concatenate([batch, np.repeat(batch[-1:], fixed - real, axis=0)])
+        result = session.run(None, {name: to_input(batch, pp)})
+        if real < len(batch):
+            result = [np.asarray(r)[:real] for r in result]
+        outputs.append(result)
+    return outputs
+
+
+def detect(
+    outputs_per_batch: Sequence[Sequence[np.ndarray]],
+    metas: Sequence[ImageMeta],
+    adapter: Adapter,
+    *,
+    input_size: tuple[int, int] | None = None,
+) -> list[Detections]:
+    """Adapter over each batch's outputs; ``input_size`` (h, w) is handed to adapters that need it."""
+    adapter = bind_input_size(adapter, input_size)
+    detections: list[Detections] = []
+    start = 0
+    for outputs in outputs_per_batch:
+        n = int(np.asarray(outputs[0]).shape[0]) if len(outputs) else 0
+        detections.extend(adapter(outputs, metas[start : start + n]))
+        start += n
+    if start != len(metas):
+        raise ValueError(f"outputs cover {start} images but {len(metas)} metas were given")
+    return detections
+
+
+def _num(value: float) -> float:
+    return float("nan") if value < 0 else float(value)
+
+
+def coco_metrics(detections: Sequence[Detections], eval_set: EvalSet) -> CocoMetrics:
+    """COCOeval bbox over the images of ``eval_set`` (only those: subsets evaluate their own images)."""
+    from pycocotools.cocoeval import COCOeval
+
+    if len(detections) != len(eval_set.metas):
+        raise ValueError(f"{len(detections)} detections for {len(eval_set.metas)} images")
+    cat_ids = np.asarray(eval_set.category_ids, np.int64)
+    results: list[dict[str, Any]] = []
+    for det, meta in zip(detections, eval_set.metas):
+        if len(det) == 0:
+            continue
+        b = np.asarray(det.boxes, np.float64)
+        xywh = np.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], axis=1).round(3).tolist()
+        cats = cat_ids[np.asarray(det.labels, np.int64)].tolist()
+        scores = np.asarray(det.scores, np.float64).round(5).tolist()
+        image_id = meta.image_id
+        results.extend(
+            {"image_id": image_id, "category_id": c, "bbox": bb, "score": s} for bb, c, s in zip(xywh, cats, scores)
+        )
+    if not results:
+        return CocoMetrics(0.0, 0.0, 0.0, 0.0, 0.0, {})
+    gt = eval_set.coco
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = gt.loadRes(results)
+        ev = COCOeval(gt, dt, "bbox")
+        ev.params.imgIds = list(eval_set.image_ids)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    stats = ev.stats
+    precision = ev.eval["precision"]  # [T, R, K, A, M]
+    per_class: dict[str, float] = {}
+    names = dict(zip(eval_set.category_ids, eval_set.class_names))
+    for k, cat_id in enumerate(ev.params.catIds):
+        p = precision[:, :, k, 0, -1]
+        valid = p[p > -1]
+        if valid.size:
+            per_class[names.get(cat_id, str(cat_id))] = float(valid.mean())
+    return CocoMetrics(
+        map=max(0.0, float(stats[0])),
+        map50=max(0.0, float(stats[1])),
+        map_small=_num(stats[3]),
+        map_medium=_num(stats[4]),
+        map_large=_num(stats[5]),
+        per_class_ap=per_class,
+    )
+
+
+def evaluate(
+    session_or_bytes: onnxruntime.InferenceSession | bytes,
+    eval_set: EvalSet,
+    pp: Preprocess,
+    adapter: Adapter,
+    *,
+    batch_size: int = 1,
+) -> tuple[CocoMetrics, list[Detections]]:
+    """mAP of one model on ``eval_set``; also returns the detections (baseline caching, pseudo-GT)."""
+    outputs = run_model(session_or_bytes, eval_set.images, pp, batch_size=batch_size)
+    detections = detect(outputs, eval_set.metas, adapter, input_size=eval_set.size)
+    return coco_metrics(detections, eval_set), detections
