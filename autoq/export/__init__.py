@@ -1,0 +1,58 @@
+"""Writes a trial's QuantConfig in a vendor compiler's own configuration format.
+
+One module per toolchain, each registered in ``EXPORTERS`` by format name (``horizon``, ...); a
+user exporter is named as ``package.module:function`` and called the same way.
+
+Example:
+    >>> export_config(ctx, "horizon", Path("out/hb_mapper.yaml"), march="bayes")  # doctest: +SKIP
+    [PosixPath('out/hb_mapper.yaml')]
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+from autoq.errors import ConfigError
+from autoq.export.base import EXPORTERS, ExportContext, Exporter
+
+__all__ = ["EXPORTERS", "ExportContext", "Exporter", "export_config", "read_horizon"]
+
+
+def export_config(ctx: ExportContext, fmt: str, out: Path, **options: Any) -> list[Path]:
+    """Writes ``ctx`` in format ``fmt`` to ``out`` (a file, or a directory to write into).
+
+    Parent directories are created. ``options`` are the exporter's keyword options (e.g.
+    ``march`` for ``horizon``); an unknown option is a ``ConfigError`` listing the known ones.
+    Returns the files written.
+    """
+    writer = EXPORTERS.get(fmt, key="export.format")
+    _check_options(writer, fmt, options)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return [Path(p) for p in writer(ctx, out, **options)]
+
+
+def _check_options(writer: Exporter, fmt: str, options: dict[str, Any]) -> None:
+    """Unknown options fail here with a clear message instead of a TypeError inside the exporter."""
+    try:
+        params = inspect.signature(writer).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    known = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    for name in options:
+        if name not in known:
+            raise ConfigError(
+                f"export format {fmt!r} has no option {name!r}; known options: {', '.join(known) or '(none)'}"
+            )
+
+
+def __getattr__(name: str) -> Any:  # lazy, so importing autoq.export does not import every exporter
+    if name == "read_horizon":
+        from autoq.export.horizon import read_horizon
+
+        return read_horizon
+    raise AttributeError(f"module 'autoq.export' has no attribute {name!r}")
