@@ -90,10 +90,16 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from autoq.export.run import export_trial
+    from autoq.export.run import export_pareto, export_trial
 
     project = _project(args)
-    for path in export_trial(project, trial=args.trial, fmt=args.format, out=Path(args.output)):
+    if args.pareto:
+        paths = export_pareto(project, fmt=args.format, out_dir=Path(args.output))
+    elif args.trial is not None:
+        paths = export_trial(project, trial=args.trial, fmt=args.format, out=Path(args.output))
+    else:
+        raise ConfigError("autoq export needs --trial N (see `autoq pareto`) or --pareto")
+    for path in paths:
         print(f"wrote {path}")
     return 0
 
@@ -140,9 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pareto)
 
     p = with_config(sub.add_parser("export", help="write a trial's configuration for a compiler"))
-    p.add_argument("--trial", type=int, required=True, help="trial number (see `autoq pareto`)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--trial", type=int, help="trial number (see `autoq pareto`)")
+    which.add_argument("--pareto", action="store_true", help="export every Pareto-front trial into -o DIR")
     p.add_argument("--format", "-f", default="horizon", help="export format (e.g. horizon)")
-    p.add_argument("-o", "--output", required=True, help="output file")
+    p.add_argument("-o", "--output", required=True, help="output file, or folder with --pareto")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="generate the demo project and run a search on it")

@@ -194,7 +194,10 @@ def run_search(
     study.set_user_attr("float_map", base.map)
 
     if not study.user_attrs.get(SEEDED_ATTR):
-        calibration_first = dict(granularity=cfg.space.granularities[0], method=cfg.space.methods[0])
+        # Per-channel weights when allowed: per-tensor int8 weights alone can ruin a detector
+        # (depthwise convs), which would hide what the activation precision does.
+        gran = "per_channel" if "per_channel" in cfg.space.granularities else cfg.space.granularities[0]
+        calibration_first = dict(granularity=gran, method=cfg.space.methods[0])
         for p in (Precision.INT8, Precision.INT16):
             if p in precisions:
                 seed_cfg = QuantConfig.uniform(p, calibration=Calibration(**calibration_first))
