@@ -175,5 +175,5 @@ def test_overrides_outside_the_model_are_refused(tmp_path: Path) -> None:
 
 def test_unknown_format_lists_known(tmp_path: Path) -> None:
     assert "horizon" in EXPORTERS
-    with pytest.raises(ConfigError, match=r"unknown export format 'tensorrt'; known: .*horizon"):
-        export_config(make_ctx(MIXED), "tensorrt", tmp_path / "x.yaml")
+    with pytest.raises(ConfigError, match=r"unknown export format 'openvino'; known: .*horizon"):
+        export_config(make_ctx(MIXED), "openvino", tmp_path / "x.yaml")

@@ -13,19 +13,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from autoq.errors import ConfigError, ExportError
 from autoq.plan import Precision, QuantConfig
 from autoq.registry import Registry
 
 if TYPE_CHECKING:
     from autoq.data.preprocess import Preprocess
 
-__all__ = ["EXPORTERS", "ExportContext", "Exporter", "safe_stem"]
+__all__ = [
+    "EXPORTERS",
+    "ExportContext",
+    "Exporter",
+    "check_choice",
+    "check_model_nodes",
+    "comment_block",
+    "header_lines",
+    "join_names",
+    "one_line",
+    "out_file",
+    "percentile_fraction",
+    "precision_counts",
+    "provenance_sidecar",
+    "safe_stem",
+]
 
 # An exporter: ``fn(ctx, out, **typed_keyword_options) -> files written``. ``out`` is a file path or
 # an existing directory (the exporter then picks the file name).
 Exporter = Callable[..., "list[Path]"]
 
-EXPORTERS: Registry[Exporter] = Registry("export format", builtins_module="autoq.export.horizon")
+EXPORTERS: Registry[Exporter] = Registry("export format", builtins_module="autoq.export.builtins")
 
 
 @dataclass(frozen=True)
@@ -43,6 +59,9 @@ class ExportContext:
         study, trial, map_drop, latency_ms: provenance written into file headers.
         target: hardware target name, e.g. ``"generic-npu"``, ``"horizon-x3"``, ``"horizon-j5"``.
         calib_dir: directory of calibration tensors for the compiler, if prepared.
+        qdq_model: builds the trial's QDQ ONNX (serialized) on demand; only ``onnx-qdq`` needs it.
+        node_outputs: node name -> its output tensor names (formats keyed by tensors, e.g. ``rknn``);
+            when absent those exporters read them from ``model_path``.
     """
 
     config: QuantConfig
@@ -58,6 +77,8 @@ class ExportContext:
     latency_ms: float | None
     target: str
     calib_dir: Path | None = None
+    qdq_model: Callable[[], bytes] | None = None
+    node_outputs: Mapping[str, tuple[str, ...]] | None = None
 
     def assignment(self) -> dict[str, Precision]:
         """Precision of every quantizable node, in graph order."""
@@ -79,3 +100,105 @@ class ExportContext:
 def safe_stem(text: str) -> str:
     """``text`` reduced to characters every file system and compiler accepts in a file name."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "model"
+
+
+# --------------------------------------------------------------------------- helpers shared by exporters
+
+
+def join_names(names: list[str] | tuple[str, ...], limit: int = 8) -> str:
+    """``a, b, c`` (the first ``limit`` names, then a count) for error messages and comments."""
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown} ... ({len(names)} in all)"
+
+
+def one_line(text: object) -> str:
+    """``text`` with every run of whitespace (newlines included) collapsed to one space."""
+    return " ".join(str(text).split())
+
+
+def check_choice(option: str, value: object, allowed: tuple[str, ...]) -> None:
+    """``ConfigError`` naming the export option when ``value`` is not one of ``allowed``."""
+    if value not in allowed:
+        raise ConfigError(f"export option {option} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def check_model_nodes(ctx: ExportContext) -> None:
+    """``ExportError`` when the config overrides nodes the exported model does not have."""
+    stray = ctx.overrides_outside_model()
+    if stray:
+        raise ExportError(
+            f"the config overrides nodes that {ctx.model_path} does not have: {join_names(stray)}; "
+            "export the trial together with the model variant it was searched on"
+        )
+
+
+def percentile_fraction(percentile: float | None) -> float | None:
+    """autoq's percentile (99.99 or 0.9999) as a fraction in (0, 1]; ``None`` stays ``None``."""
+    if percentile is None:
+        return None
+    p = float(percentile)
+    p = p / 100.0 if p > 1.0 else p
+    if not 0.0 < p <= 1.0:
+        raise ExportError(f"calibration percentile {percentile!r} is not in (0, 100]; fix calibration.percentile")
+    return round(p, 10)
+
+
+def out_file(ctx: ExportContext, out: Path, suffix: str) -> Path:
+    """The file to write: ``out`` itself, or ``out/<label><suffix>`` when ``out`` is a directory
+    (an existing one, or a path without a file suffix). Parent directories are created."""
+    out = Path(out)
+    if out.is_dir() or not out.suffix:
+        out.mkdir(parents=True, exist_ok=True)
+        out = out / f"{ctx.label()}{suffix}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def header_lines(
+    ctx: ExportContext,
+    title: str,
+    *,
+    counts: str,
+    assumptions: list[str],
+    run: str,
+) -> list[str]:
+    """The provenance every export starts with: study, trial, predicted drop and latency, the
+    per-precision node counts, the assumptions and the vendor command to run next."""
+    drop = "unknown" if ctx.map_drop is None else f"{ctx.map_drop:.4g}"
+    latency = "unknown" if ctx.latency_ms is None else f"{ctx.latency_ms:.4g} ms"
+    lines = [
+        f"{title} written by autoq",
+        f"study: {ctx.study or '-'}",
+        f"trial: {'-' if ctx.trial is None else ctx.trial}",
+        f"predicted mAP drop: {drop} (vs the float model at the same resolution, on autoq's eval set)",
+        f"predicted latency: {latency} (autoq cost model for target {ctx.target}, not a board measurement)",
+        f"model: {ctx.model_path} (input {ctx.input_name} {'x'.join(str(int(d)) for d in ctx.input_shape)})",
+        f"nodes: {counts}",
+        "assumptions:",
+        *(f"  - {one_line(a)}" for a in assumptions),
+        f"run next: {one_line(run)}",
+    ]
+    return lines
+
+
+def comment_block(lines: list[str], prefix: str = "#") -> str:
+    """``lines`` as comment lines (leading indentation kept, the rest on one line each)."""
+    out = []
+    for line in lines:
+        lead = line[: len(line) - len(line.lstrip(" "))]
+        out.append(f"{prefix} {lead}{one_line(line)}".rstrip() + "\n")
+    return "".join(out)
+
+
+def provenance_sidecar(path: Path, lines: list[str]) -> Path:
+    """Writes ``lines`` to ``<path>.autoq.txt`` (for formats without comments, such as JSON read
+    into strict schemas); returns the sidecar path."""
+    side = path.with_name(path.name + ".autoq.txt")
+    side.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    return side
+
+
+def precision_counts(ctx: ExportContext) -> dict[str, int]:
+    """How many quantizable nodes run in each precision, e.g. ``{"int8": 90, "int16": 3, "float": 1}``."""
+    return ctx.config.counts(ctx.node_names)

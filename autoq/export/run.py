@@ -1,4 +1,4 @@
-"""`autoq export`: a finished trial of the project's study -> the compiler's file."""
+"""`autoq export`: a finished trial of the project's study -> the compiler's file(s)."""
 
 from __future__ import annotations
 
@@ -7,23 +7,21 @@ from pathlib import Path
 from autoq.pipeline import Project, model_file_for_export
 
 
-def export_trial(project: Project, *, trial: int, fmt: str, out: Path, **options) -> list[Path]:
-    """Writes trial ``trial``'s configuration in format ``fmt``; returns the files written."""
-    from autoq.export import export_config
+def trial_context(project: Project, study, t):  # -> autoq.export.base.ExportContext
+    """The ExportContext of finished trial ``t`` of ``study``."""
     from autoq.export.base import ExportContext
-    from autoq.search.study import get_trial, open_study, trial_config
+    from autoq.search.study import trial_config
 
-    study = open_study(project, create=False)
-    t = get_trial(study, trial)
     config = trial_config(t)
     h, w = config.resolution or project.input_size
-    ctx = ExportContext(
+    nodes = project.model.nodes
+    return ExportContext(
         config=config,
         model_path=model_file_for_export(project),
         input_name=project.model.input_name,
         input_shape=(1, 3, h, w),
         node_names=project.quantizable_names,
-        node_ops={n.name: n.op_type for n in project.model.nodes},
+        node_ops={n.name: n.op_type for n in nodes},
         preprocess=project.preprocess,
         study=study.study_name,
         trial=t.number,
@@ -31,5 +29,43 @@ def export_trial(project: Project, *, trial: int, fmt: str, out: Path, **options
         latency_ms=t.values[1],
         target=project.target.name,
         calib_dir=project.config.data.calib_images,
+        qdq_model=lambda: project.build(config).SerializeToString(),
+        node_outputs={n.name: tuple(n.outputs) for n in nodes},
     )
-    return export_config(ctx, fmt, out, **options)
+
+
+def export_trial(project: Project, *, trial: int, fmt: str, out: Path, **options) -> list[Path]:
+    """Writes trial ``trial``'s configuration in format ``fmt``; returns the files written."""
+    from autoq.export import export_config
+    from autoq.search.study import get_trial, open_study
+
+    study = open_study(project, create=False)
+    t = get_trial(study, trial)
+    return export_config(trial_context(project, study, t), fmt, out, **options)
+
+
+def export_pareto(project: Project, *, fmt: str, out_dir: Path, **options) -> list[Path]:
+    """Writes one export per Pareto-front trial, each in ``out_dir/trial_<N>/``; returns all files.
+
+    Trials are taken from ``study.best_trials`` (completed, non-dominated on (map_drop, latency_ms))
+    in order of latency. A format that refuses one trial (e.g. int16 on vastai) stops the export
+    with that trial's ``ExportError``, so the front is never exported half silently.
+    """
+    from autoq.errors import ExportError, SearchError
+    from autoq.export import export_config
+    from autoq.search.study import open_study
+
+    study = open_study(project, create=False)
+    front = sorted(study.best_trials, key=lambda t: (t.values[1], t.values[0], t.number))
+    if not front:
+        raise SearchError(f"study {study.study_name!r} has no completed trials yet; run `autoq search` first")
+    out_dir = Path(out_dir)
+    files: list[Path] = []
+    for t in front:
+        sub = out_dir / f"trial_{t.number}"
+        sub.mkdir(parents=True, exist_ok=True)
+        try:
+            files.extend(export_config(trial_context(project, study, t), fmt, sub, **options))
+        except ExportError as exc:
+            raise ExportError(f"Pareto trial {t.number}: {exc}") from None
+    return files
