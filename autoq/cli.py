@@ -36,11 +36,18 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _project(args: argparse.Namespace):
+def _project(args: argparse.Namespace, log=_log):
+    import dataclasses
+
     from autoq.config import load_config
     from autoq.pipeline import Project
 
-    return Project(load_config(args.config), log=_log)
+    cfg = load_config(args.config)
+    overrides = {k: getattr(args, k, None) for k in ("storage", "study_name")}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if overrides:
+        cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, **overrides))
+    return Project(cfg, log=log)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -74,9 +81,52 @@ def cmd_search(args: argparse.Namespace) -> int:
     from autoq.search.study import run_search
 
     project = _project(args)
-    study = run_search(project, budget=args.budget, timeout=args.timeout, seed=args.seed, log=_log)
+    if args.workers > 1:
+        study = _run_workers(project, args)
+    else:
+        study = run_search(project, budget=args.budget, timeout=args.timeout, seed=args.seed, log=_log)
     _print_front(project, study)
     _print_mlflow_hint(project)
+    return 0
+
+
+def _run_workers(project, args: argparse.Namespace):
+    """Prepares the study here, then runs ``--workers`` `autoq worker` processes on it."""
+    import subprocess
+
+    from autoq.search.study import finish_study, prepare_study
+
+    cfg = project.config
+    study, tracker, parent = prepare_study(project, seed=args.seed, log=_log)
+    budget = args.budget or cfg.search.budget
+    cmd = [sys.executable, "-m", "autoq", "worker", "--config", str(cfg.file), "--budget", str(budget)]
+    cmd += ["--storage", cfg.storage_url(), "--study-name", cfg.search.study_name]
+    if args.timeout:
+        cmd += ["--timeout", str(args.timeout)]
+    if args.seed is not None:
+        cmd += ["--seed", str(args.seed)]
+    _log(f"search: starting {args.workers} workers")
+    procs = [subprocess.Popen([*cmd, "--worker-index", str(i)]) for i in range(args.workers)]
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        _log(f"warning: worker exit codes {codes}; finished trials are kept, rerun to complete the budget")
+    finish_study(project, study, tracker, parent, log=_log)
+    return study
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from autoq.search.study import run_search
+
+    prefix = f"[worker {args.worker_index}] "
+    project = _project(args, log=lambda m: _log(prefix + m))
+    run_search(
+        project,
+        budget=args.budget,
+        timeout=args.timeout,
+        seed=args.seed,
+        worker=args.worker_index,
+        log=lambda m: _log(prefix + m),
+    )
     return 0
 
 
@@ -138,11 +188,24 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--timeout", type=_positive_float, default=None, help="stop after S seconds")
         p.add_argument("--seed", type=int, default=None, help="sampler seed")
 
+    def storage_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--storage", help="Optuna storage URL (default: sqlite in .autoq/), e.g. postgresql://...")
+        p.add_argument("--study-name", "--study", dest="study_name", help="study name (default: search.study_name)")
+
     p = with_config(sub.add_parser("search", help="run (or continue) the study"))
     search_options(p, None)
+    storage_options(p)
+    p.add_argument("--workers", type=_positive_int, default=1, help="local worker processes")
     p.set_defaults(func=cmd_search)
 
+    p = with_config(sub.add_parser("worker", help="join an existing study as one more worker"))
+    search_options(p, None)
+    storage_options(p)
+    p.add_argument("--worker-index", type=int, default=1, help="offsets the sampler seed")
+    p.set_defaults(func=cmd_worker)
+
     p = with_config(sub.add_parser("pareto", help="print the Pareto front of the study"))
+    storage_options(p)
     p.set_defaults(func=cmd_pareto)
 
     p = with_config(sub.add_parser("export", help="write a trial's configuration for a compiler"))
@@ -151,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--pareto", action="store_true", help="export every Pareto-front trial into -o DIR")
     p.add_argument("--format", "-f", default="horizon", help="export format (e.g. horizon)")
     p.add_argument("-o", "--output", required=True, help="output file, or folder with --pareto")
+    storage_options(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="generate the demo project and run a search on it")

@@ -31,8 +31,8 @@ class ModelSection:
 @dataclass(frozen=True)
 class DataSection:
     eval_images: Path
-    eval_annotations: Path
     calib_images: Path
+    eval_annotations: Path | None = None  # None: label-free (the float model's detections are the reference)
     calib_count: int = 32
     eval_subset: int = 0  # 0 = every annotated image
 
@@ -44,6 +44,12 @@ class PreprocessSection:
     color: str = "bgr"
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class ObjectiveSection:
+    metric: str = "coco_map"  # coco_map | top1 | cosine | package.module:attribute
+    options: Mapping[str, Any] = field(default_factory=dict)  # passed to the metric
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,7 @@ class SearchSection:
     seed: int = 0
     study_name: str = "autoq"
     storage: str | None = None  # default: sqlite in <project>/.autoq/study.db
+    heartbeat_seconds: int = 10  # a trial silent for 3x this is failed (its worker died) and retried once
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,7 @@ class ProjectConfig:
     model: ModelSection
     data: DataSection
     preprocess: PreprocessSection = field(default_factory=PreprocessSection)
+    objective: ObjectiveSection = field(default_factory=ObjectiveSection)
     target: TargetSection = field(default_factory=TargetSection)
     space: SpaceSection = field(default_factory=SpaceSection)
     search: SearchSection = field(default_factory=SearchSection)
@@ -106,6 +114,7 @@ _SECTIONS: dict[str, type] = {
     "model": ModelSection,
     "data": DataSection,
     "preprocess": PreprocessSection,
+    "objective": ObjectiveSection,
     "target": TargetSection,
     "space": SpaceSection,
     "search": SearchSection,
@@ -212,11 +221,12 @@ def _validate(cfg: ProjectConfig) -> None:
 
     must(cfg.model.path.is_file(), "model.path", f"file not found: {cfg.model.path}; give the path to your .onnx model")
     must(cfg.data.eval_images.is_dir(), "data.eval_images", f"folder not found: {cfg.data.eval_images}")
-    must(
-        cfg.data.eval_annotations.is_file(),
-        "data.eval_annotations",
-        f"file not found: {cfg.data.eval_annotations}; give a COCO instances JSON",
-    )
+    if cfg.data.eval_annotations is not None:
+        must(
+            cfg.data.eval_annotations.is_file(),
+            "data.eval_annotations",
+            f"file not found: {cfg.data.eval_annotations}; give a COCO instances JSON (or omit it: label-free)",
+        )
     must(cfg.data.calib_images.is_dir(), "data.calib_images", f"folder not found: {cfg.data.calib_images}")
     must(cfg.data.calib_count > 0, "data.calib_count", "must be > 0")
     must(cfg.data.eval_subset >= 0, "data.eval_subset", "must be >= 0 (0 = all images)")
@@ -235,7 +245,9 @@ def _validate(cfg: ProjectConfig) -> None:
     for g in cfg.space.granularities:
         must(g in GRANULARITIES, "space.granularities", f"has unknown granularity {g!r}; known: {list(GRANULARITIES)}")
     must(bool(cfg.space.methods), "space.methods", "must list at least one range estimator")
+    must(bool(cfg.objective.metric), "objective.metric", "must name a metric (coco_map, top1, cosine or pkg.mod:fn)")
     must(cfg.search.budget > 0, "search.budget", "must be > 0 (number of trials)")
+    must(cfg.search.heartbeat_seconds > 0, "search.heartbeat_seconds", "must be > 0")
     if cfg.search.timeout is not None:
         must(cfg.search.timeout > 0, "search.timeout", "must be > 0 seconds")
 
@@ -273,7 +285,7 @@ TEMPLATE = """\
 
 model:
   path: model.onnx              # your float ONNX detector
-  adapter: yolox                # decodes raw outputs: yolox | demo | package.module:function
+  adapter: yolox                # yolox | yolov5 | yolov7 | yolov8 | boxes_scores | dets_labels | demo | pkg.mod:function
   adapter_options:              # passed to the adapter
     num_classes: 80
     score_threshold: 0.01
@@ -283,7 +295,8 @@ model:
 
 data:
   eval_images: coco/val2017                 # evaluation images
-  eval_annotations: coco/annotations/instances_val2017.json   # COCO instances JSON
+  eval_annotations: coco/annotations/instances_val2017.json   # COCO instances JSON; omit for label-free
+                                            # mode (the float model's detections become the reference)
   eval_subset: 0                            # first N images by id; 0 = all
   calib_images: coco/train2017              # calibration images (any folder of images)
   calib_count: 32                           # how many calibration images
@@ -294,6 +307,10 @@ preprocess:
   color: bgr            # channel order the model expects: bgr | rgb
   mean: [0, 0, 0]       # input = (pixel - mean) / std, pixels in 0..255
   std: [1, 1, 1]        # raw 0..255 input: mean 0, std 1; x/255: std [255, 255, 255]
+
+objective:
+  metric: coco_map      # coco_map | top1 (class folders) | cosine (vs float) | package.module:function
+  options: {}           # passed to the metric, e.g. coco_map: {pseudo_gt_score: 0.3} (label-free only)
 
 target:
   name: generic-npu     # hardware cost model used for latency_ms

@@ -19,6 +19,7 @@ from autoq.plan import QuantConfig, TrialResult
 
 PARENT_ATTR = "mlflow_parent_run_id"
 RUN_ATTR = "mlflow_run_id"
+FAIL_ATTR = "fail_reason"  # on the Optuna trial: why it failed
 
 
 def _quiet() -> None:
@@ -64,31 +65,24 @@ class Tracker:
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i : i + 100])
 
-    def log_trial(
-        self,
-        *,
-        parent_id: str,
-        number: int,
-        config: QuantConfig,
-        params: Mapping[str, Any],
-        result: TrialResult | None,
-        extra_metrics: Mapping[str, float] = {},
-        failure: str | None = None,
-        run_id: str | None = None,
-    ) -> str:
-        """One trial's child run (params, metrics, QuantConfig YAML); returns its run id."""
+    def start_trial(self, *, parent_id: str, number: int, params: Mapping[str, Any]) -> str:
+        """Opens the child run of trial ``number`` (the caller stores its id on the trial at once)."""
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"trial {number}",
+            tags={"mlflow.parentRunId": parent_id, "autoq.trial": str(number), "pareto": "false", "state": "running"},
+        )
+        self._log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def finish_trial(
+        self, run_id: str, *, config: QuantConfig, result: TrialResult | None, failure: str | None = None
+    ) -> None:
+        """Logs the trial's metrics and QuantConfig YAML and closes its run."""
         from mlflow.entities import Metric, RunTag
 
-        if run_id is None:
-            run = self.client.create_run(
-                self.experiment_id,
-                run_name=f"trial {number}",
-                tags={"mlflow.parentRunId": parent_id, "autoq.trial": str(number), "pareto": "false"},
-            )
-            run_id = run.info.run_id
-            self._log_params(run_id, params)
         ts = self._now()
-        metrics: dict[str, float] = dict(extra_metrics)
+        metrics: dict[str, float] = {}
         if result is not None:
             metrics.update(result.metrics())
             metrics.update({f"latency.{k}": float(v) for k, v in result.latency_breakdown.items()})
@@ -96,15 +90,31 @@ class Tracker:
         tags = [RunTag("state", "failed" if failure else "complete")]
         if failure:
             tags.append(RunTag("failure_reason", failure[:5000]))
-        self.client.log_batch(
-            run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()], tags=tags
-        )
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()], tags=tags)
         self.client.log_text(run_id, yaml.safe_dump(config.to_dict(), sort_keys=False), "quant_config.yaml")
         if result is not None and result.per_class_ap:
             lines = ["class,ap"] + [f"{k},{v:.6f}" for k, v in result.per_class_ap.items()]
             self.client.log_text(run_id, "\n".join(lines) + "\n", "per_class_ap.csv")
         self.client.set_terminated(run_id, status="FAILED" if failure else "FINISHED")
-        return run_id
+
+    def close_stale(self, run_id: str, reason: str) -> None:
+        """Marks the run of a trial whose worker died as failed (it never finished)."""
+        try:
+            run = self.client.get_run(run_id)
+        except Exception:  # the run was never created or was deleted
+            return
+        if run.info.status == "RUNNING":
+            self.client.set_tag(run_id, "state", "failed")
+            self.client.set_tag(run_id, "failure_reason", reason)
+            self.client.set_terminated(run_id, status="FAILED")
+
+    def mark_stale_runs(self, study) -> None:
+        """Closes the runs of trials the heartbeat failed (their worker died mid-trial)."""
+        from optuna.trial import TrialState
+
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if RUN_ATTR in t.user_attrs and FAIL_ATTR not in t.user_attrs:
+                self.close_stale(t.user_attrs[RUN_ATTR], f"worker stopped during trial {t.number}")
 
     def set_pareto(self, members: Iterable[str], all_runs: Iterable[str]) -> None:
         """Keeps tag ``pareto`` current on every trial run."""
