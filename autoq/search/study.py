@@ -84,10 +84,7 @@ def open_study(project: Project, *, seed: int | None = None, create: bool = True
     cfg = project.config
     url = cfg.storage_url()
     if url.startswith("sqlite:///"):
-        try:
-            cfg.work_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SearchError(f"cannot create {cfg.work_dir} ({exc.strerror}); make the project folder writable") from None
+        cfg.ensure_work_dir()
     seed = cfg.search.seed if seed is None else seed
     sampler = optuna.samplers.TPESampler(seed=seed + worker)
     storage = _storage(url, cfg.search.heartbeat_seconds)
@@ -231,6 +228,7 @@ def make_tracker(project: Project) -> Tracker:
 def prepare_study(project: Project, *, seed: int | None = None, worker: int = 0, log: Log = print):
     """Everything before the first trial: baseline, statistics, study, parent run, seed trials."""
     cfg = project.config
+    cfg.ensure_work_dir()
     names = project.quantizable_names
     precisions = project.allowed_precisions()
     base = project.baseline
@@ -282,7 +280,7 @@ def _objective(project: Project, study, tracker: Tracker, parent: str, budget: i
         stale = frozen.system_attrs.get("failed_trial")  # set by RetryHeartbeatStaleTrialCallback
         if stale is not None and trial.user_attrs.get(RUN_ATTR):
             tracker.close_stale(trial.user_attrs[RUN_ATTR], f"worker stopped during trial {stale}; retried as trial {trial.number}")
-        config = suggest_config(trial, names, precisions, cfg.space.granularities, cfg.space.methods)
+        config = suggest_config(trial, names, precisions, cfg.space.granularities, cfg.space.methods, cfg.space.percentiles)
         trial.set_user_attr(CONFIG_ATTR, config.to_dict())
         counts = config.counts(names)
         params = {

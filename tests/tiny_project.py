@@ -1,0 +1,79 @@
+"""A tiny but real project on disk: a YOLOX-format ONNX head, images and COCO annotations.
+
+Trials on it take well under a second, so search-level tests (resume, workers, failures) stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+SIZE = 64
+NUM_CLASSES = 2
+
+
+def tiny_detector(path: Path, opset: int = 13) -> Path:
+    """Conv(stride 8) -> SiLU -> Conv -> [1, 64, 5 + C] raw YOLOX-style output at stride 8."""
+    rng = np.random.default_rng(0)
+    c_out = 5 + NUM_CLASSES
+    w1 = numpy_helper.from_array((rng.standard_normal((8, 3, 8, 8)) * 0.01).astype(np.float32), "w1")
+    b1 = numpy_helper.from_array(np.zeros(8, np.float32), "b1")
+    w2 = numpy_helper.from_array((rng.standard_normal((c_out, 8, 1, 1)) * 0.3).astype(np.float32), "w2")
+    b2 = numpy_helper.from_array(np.zeros(c_out, np.float32), "b2")
+    shape = numpy_helper.from_array(np.array([1, c_out, 64], np.int64), "shape")
+    nodes = [
+        helper.make_node("Conv", ["images", "w1", "b1"], ["c1"], name="conv1", strides=[8, 8]),
+        helper.make_node("Sigmoid", ["c1"], ["s1"], name="sig1"),
+        helper.make_node("Mul", ["c1", "s1"], ["a1"], name="silu1"),
+        helper.make_node("Conv", ["a1", "w2", "b2"], ["c2"], name="conv2"),
+        helper.make_node("Reshape", ["c2", "shape"], ["r"], name="reshape"),
+        helper.make_node("Transpose", ["r"], ["t"], name="transpose", perm=[0, 2, 1]),
+        helper.make_node("Sigmoid", ["t"], ["output"], name="sig_out"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 64, c_out])],
+        [w1, b1, w2, b2, shape],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def make_tiny_project(root: Path, *, n_eval: int = 6, n_calib: int = 4, extra: str = "") -> Path:
+    """Writes model, images, annotations and autoq.yaml under ``root``; returns the config path."""
+    rng = np.random.default_rng(1)
+    root.mkdir(parents=True, exist_ok=True)
+    tiny_detector(root / "model.onnx")
+    ev, cal = root / "eval", root / "calib"
+    ev.mkdir(parents=True, exist_ok=True)
+    cal.mkdir(parents=True, exist_ok=True)
+    images, anns = [], []
+    for i in range(1, n_eval + 1):
+        img = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+        cv2.imwrite(str(ev / f"{i:04d}.png"), img)
+        images.append({"id": i, "file_name": f"{i:04d}.png", "height": 48, "width": 64})
+        anns.append(
+            {"id": i, "image_id": i, "category_id": 1 + i % 2, "bbox": [8, 8, 20, 16], "area": 320, "iscrowd": 0}
+        )
+    for i in range(n_calib):
+        cv2.imwrite(str(cal / f"c{i:03d}.png"), rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    categories = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
+    (root / "ann.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": categories}))
+    cfg = root / "autoq.yaml"
+    cfg.write_text(
+        "model:\n  path: model.onnx\n  adapter: yolox\n"
+        f"  adapter_options: {{num_classes: {NUM_CLASSES}, strides: [8]}}\n"
+        "data: {eval_images: eval, eval_annotations: ann.json, calib_images: calib, calib_count: 4}\n"
+        "search: {budget: 4, seed: 0, study_name: tiny, heartbeat_seconds: 1}\n"
+        "tracking: {experiment: tiny}\n" + extra
+    )
+    return cfg
