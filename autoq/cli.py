@@ -217,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     storage_options(p)
     p.set_defaults(func=cmd_export)
 
+    from autoq.surrogates.cli import add_cost_model_parser
+
+    add_cost_model_parser(sub)
+
     p = sub.add_parser("demo", help="generate the demo project and run a search on it")
     p.add_argument("--dir", default="autoq-demo", help="where to write the demo project")
     search_options(p, 30)

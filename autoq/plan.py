@@ -145,7 +145,12 @@ class QuantConfig:
 
 @dataclass(frozen=True)
 class TrialResult:
-    """What one trial measured. ``map_drop`` is against the float original at its own resolution."""
+    """What one trial measured. ``map_drop`` is against the float original at its own resolution.
+
+    ``map``/``map_drop`` are the objective metric's value and drop (`autoq.objectives.metrics`); for a
+    metric other than ``coco_map`` ``map`` holds its value, ``map50``/size APs are nan and
+    ``per_class_ap`` is empty. In label-free mode they measure agreement with the float model.
+    """
 
     map: float
     map50: float
@@ -159,6 +164,10 @@ class TrialResult:
     images: int
     partial: bool = False
     seconds: Mapping[str, float] = field(default_factory=dict)
+    # output similarity to the float model (label-free mode, cosine metric): cosine, l1, l2, chebyshev
+    similarity: Mapping[str, float] = field(default_factory=dict)
+    # per node and per segment: CSV node,op,device,precision,segment,ms (logged as an artifact)
+    latency_table: str = ""
 
     def metrics(self) -> dict[str, float]:
         """The scalar metrics logged per trial."""
@@ -171,4 +180,5 @@ class TrialResult:
             "map_drop": self.map_drop,
             "latency_ms": self.latency_ms,
             "images": float(self.images),
+            **{f"sim_{k}": float(v) for k, v in self.similarity.items()},
         }

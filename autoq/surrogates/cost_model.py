@@ -24,6 +24,13 @@ How one trial is priced (all times in ms):
   npu_bandwidth``, counted once per (tensor, destination precision). Small, but it is why
   scattering single int16 nodes is not free.
 * ``free_ops`` (default ``Constant``) are folded by compilers: zero time, never a boundary.
+* ``npu_ops`` (optional, per precision) lists the op types the NPU runs in that precision; any
+  other op type at that precision runs on the CPU (e.g. X3's BPU support list). A precision
+  without an entry accepts every op type not in ``cpu_ops``.
+* ``float_on_npu`` (optional): float nodes run on the NPU's fp16 path (Ascend, Vastai, RK3588
+  hybrid) at ``npu_tops["float"]`` and 2 B/element instead of falling back to the CPU.
+* ``op_efficiency`` entries are a fraction or a mapping precision -> fraction (fitted targets).
+* ``fixed_ms`` (optional): per-inference cost outside the graph (runtime launch, input/output copy).
 
 FLOPs are ``NodeInfo.flops`` (or ``2 * macs`` when flops is 0) and count as ops against TOPS.
 """
@@ -44,13 +51,23 @@ from autoq.registry import Registry
 if TYPE_CHECKING:
     from autoq.model.graph import NodeInfo
 
-__all__ = ["LatencyEstimate", "TARGETS", "TARGET_DIR", "Target", "estimate_latency", "load_target"]
+__all__ = [
+    "LatencyEstimate",
+    "TARGETS",
+    "TARGET_DIR",
+    "Target",
+    "estimate_latency",
+    "load_target",
+    "plan_placement",
+    "target_from_dict",
+]
 
 NPU = "npu"
 CPU = "cpu"
 NPU_PRECISIONS = ("int8", "int16")
-# Activation bytes per element on the NPU; weights are always int8 (1 B).
-_ACT_WIDTH = {Precision.INT8: 1, Precision.INT16: 2}
+# Activation bytes per element on the NPU (float on the NPU = fp16); weights are always int8 (1 B).
+_ACT_WIDTH = {Precision.INT8: 1, Precision.INT16: 2, Precision.FLOAT: 2}
+MODES = ("estimate", "measured")
 _F32 = 4
 
 TARGET_DIR = Path(__file__).with_name("targets")
@@ -80,11 +97,44 @@ class Target:
     cpu_node_overhead_ms: float = 0.0
     convert_ms: float = 0.002
     free_ops: tuple[str, ...] = ("Constant",)
+    npu_ops: Mapping[str, frozenset[str]] = field(default_factory=lambda: MappingProxyType({}))
+    float_on_npu: bool = False
+    fixed_ms: float = 0.0
+    mode: str = "estimate"
+    runs: int = 10
+    warmup: int = 2
+    threads: int = 1
 
-    def efficiency(self, op_type: str) -> float:
-        """Fraction of peak TOPS an op type reaches (``"*"`` is the default, 1.0 when absent)."""
+    def efficiency(self, op_type: str, precision: str = "int8") -> float:
+        """Fraction of peak TOPS an op type reaches at ``precision`` (``"*"`` is the default, 1.0 when absent)."""
         eff = self.op_efficiency
-        return eff.get(op_type, eff.get("*", 1.0))
+        v = eff.get(op_type, eff.get("*", 1.0))
+        if isinstance(v, Mapping):
+            return v.get(precision, v.get("*", 1.0))
+        return v
+
+    def runs_on_npu(self, op_type: str, precision: str) -> bool:
+        """Whether the NPU runs ``op_type`` at ``precision`` (float: only with ``float_on_npu``)."""
+        if op_type in self.cpu_ops or (precision == "float" and not self.float_on_npu):
+            return False
+        allowed = self.npu_ops.get(precision)
+        return allowed is None or op_type in allowed
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML body of this target (``target_from_dict(t.to_dict()) == t``)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "npu_ops":
+                v = {p: sorted(ops) for p, ops in v.items()}
+            elif f.name == "op_efficiency":
+                v = {k: (dict(x) if isinstance(x, Mapping) else x) for k, x in v.items()}
+            elif isinstance(v, Mapping):
+                v = dict(v)
+            elif isinstance(v, tuple):
+                v = list(v)
+            out[f.name] = v
+        return out
 
 
 # --------------------------------------------------------------------------- target files
@@ -185,6 +235,9 @@ def target_from_dict(data: Mapping[str, Any], *, source: str = "target") -> Targ
         return tuple(v)
 
     precisions = names("precisions", ())
+    float_on_npu = data.get("float_on_npu", False)
+    if not isinstance(float_on_npu, bool):
+        raise fail("float_on_npu", f"must be true or false, got {float_on_npu!r}")
     bad = [p for p in precisions if p not in NPU_PRECISIONS]
     if not precisions or bad:
         raise fail("precisions", f"must be a non-empty list from {list(NPU_PRECISIONS)}, got {list(precisions)!r}")
@@ -192,9 +245,10 @@ def target_from_dict(data: Mapping[str, Any], *, source: str = "target") -> Targ
     tops = data["npu_tops"]
     if not isinstance(tops, Mapping):
         raise fail("npu_tops", f"must map precision -> TOPS, got {tops!r}")
-    for p in precisions:
+    for p in precisions + (("float",) if float_on_npu else ()):
         if p not in tops:
-            raise fail("npu_tops", f"has no entry for {p!r}, which is listed in precisions")
+            why = "which is listed in precisions" if p != "float" else "and float_on_npu is true"
+            raise fail("npu_tops", f"has no entry for {p!r}, {why}")
     npu_tops = {}
     for p, v in tops.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
@@ -204,17 +258,45 @@ def target_from_dict(data: Mapping[str, Any], *, source: str = "target") -> Targ
     eff_in = data.get("op_efficiency") or {}
     if not isinstance(eff_in, Mapping):
         raise fail("op_efficiency", f"must map op type -> fraction of peak, got {eff_in!r}")
-    op_efficiency = {}
-    for op, v in eff_in.items():
+    def fraction(op: str, v: Any) -> float:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
             raise fail("op_efficiency", f"entry {op!r} must be a fraction in (0, 1], got {v!r}")
-        op_efficiency[str(op)] = float(v)
+        return float(v)
+
+    op_efficiency: dict[str, Any] = {}
+    for op, v in eff_in.items():
+        if isinstance(v, Mapping):
+            op_efficiency[str(op)] = MappingProxyType({str(p): fraction(f"{op}.{p}", x) for p, x in v.items()})
+        else:
+            op_efficiency[str(op)] = fraction(str(op), v)
+
+    ops_in = data.get("npu_ops") or {}
+    if not isinstance(ops_in, Mapping):
+        raise fail("npu_ops", f"must map precision -> list of op types, got {ops_in!r}")
+    npu_ops: dict[str, frozenset[str]] = {}
+    for p, v in ops_in.items():
+        if p not in (*NPU_PRECISIONS, "float"):
+            raise fail("npu_ops", f"entry {p!r} is not a precision (int8, int16, float)")
+        if isinstance(v, str) or not isinstance(v, Sequence) or not all(isinstance(x, str) for x in v):
+            raise fail("npu_ops", f"entry {p!r} must be a list of op types, got {v!r}")
+        npu_ops[str(p)] = frozenset(v)
+
+    mode = data.get("mode", "estimate")
+    if mode not in MODES:
+        raise fail("mode", f"must be one of {list(MODES)}, got {mode!r}")
+    ints = {}
+    for k, lo in (("runs", 1), ("warmup", 0), ("threads", 1)):
+        if k in data:
+            v = data[k]
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise fail(k, f"must be an integer >= {lo}, got {v!r}")
+            ints[k] = v
 
     name = data.get("name", "target")
     description = data.get("description", "") or ""
     if not isinstance(name, str) or not name:
         raise fail("name", f"must be a non-empty string, got {name!r}")
-    optional = {k: number(k, positive=False) for k in ("cpu_node_overhead_ms", "convert_ms") if k in data}
+    optional = {k: number(k, positive=False) for k in ("cpu_node_overhead_ms", "convert_ms", "fixed_ms") if k in data}
     return Target(
         name=name,
         description=str(description).strip(),
@@ -229,6 +311,10 @@ def target_from_dict(data: Mapping[str, Any], *, source: str = "target") -> Targ
         boundary_bandwidth_gbs=number("boundary_bandwidth_gbs", positive=True),
         node_overhead_ms=number("node_overhead_ms", positive=False),
         free_ops=names("free_ops", ("Constant",)),
+        npu_ops=MappingProxyType(npu_ops),
+        float_on_npu=float_on_npu,
+        mode=mode,
+        **ints,
         **optional,
     )
 
@@ -241,8 +327,11 @@ class LatencyEstimate:
     """Predicted latency of one QuantConfig on one target, with where the time goes.
 
     ``per_node`` holds each node's own time; boundary and convert costs are edge costs and are
-    reported in ``boundary_ms`` / ``convert_ms`` (``total_ms`` includes them). ``segments`` are
-    runs of consecutive nodes on one device, in graph order (free ops such as Constant skipped).
+    reported in ``boundary_ms`` / ``convert_ms`` (``total_ms`` includes them and ``fixed_ms``).
+    ``segments`` are runs of consecutive nodes on one device, in graph order (free ops such as
+    Constant skipped): ``(device, node count, ms)``. ``segment_of`` maps a node to its segment
+    index (-1 for free ops). With ``source == "measured"`` ``total_ms`` is a timing on this
+    machine and ``estimated_ms`` keeps the model's prediction.
     """
 
     total_ms: float
@@ -253,6 +342,12 @@ class LatencyEstimate:
     boundary_ms: float = 0.0
     converts: int = 0
     convert_ms: float = 0.0
+    fixed_ms: float = 0.0
+    precisions: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    op_types: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    segment_of: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    source: str = "estimate"
+    estimated_ms: float | None = None
 
     def breakdown(self) -> dict[str, float]:
         """Flat numbers for logging (MLflow metrics, TrialResult.latency_breakdown)."""
@@ -265,29 +360,72 @@ class LatencyEstimate:
             else:
                 cpu_ms += ms
                 cpu_nodes += 1
-        return {
+        out = {
             "total_ms": self.total_ms,
             "npu_ms": npu_ms,
             "cpu_ms": cpu_ms,
             "boundary_ms": self.boundary_ms,
             "convert_ms": self.convert_ms,
+            "fixed_ms": self.fixed_ms,
             "boundaries": float(self.boundaries),
             "converts": float(self.converts),
             "npu_nodes": float(npu_nodes),
             "cpu_nodes": float(cpu_nodes),
             "segments": float(len(self.segments)),
         }
+        if self.estimated_ms is not None:
+            out["estimated_ms"] = self.estimated_ms
+        return out
+
+    def table(self) -> str:
+        """CSV breakdown: one row per node, then one per segment, then edge and total rows.
+
+        Columns ``node,op,device,precision,segment,ms``. Node rows are in graph order; segment rows
+        are named ``segment:<i>`` (op ``segment``, precision = node count); ``(boundaries)``,
+        ``(converts)``, ``(fixed)`` and ``(total)`` close the table. Log it as an MLflow artifact.
+        """
+        import csv
+        import io
+
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["node", "op", "device", "precision", "segment", "ms"])
+        for name, ms in self.per_node.items():
+            w.writerow([name, self.op_types.get(name, ""), self.devices[name], self.precisions.get(name, ""),
+                        self.segment_of.get(name, -1), f"{ms:.6f}"])
+        for i, (dev, count, ms) in enumerate(self.segments):
+            w.writerow([f"segment:{i}", "segment", dev, count, i, f"{ms:.6f}"])
+        w.writerow(["(boundaries)", "boundary", "", self.boundaries, "", f"{self.boundary_ms:.6f}"])
+        w.writerow(["(converts)", "convert", "", self.converts, "", f"{self.convert_ms:.6f}"])
+        w.writerow(["(fixed)", "fixed", "", "", "", f"{self.fixed_ms:.6f}"])
+        w.writerow(["(total)", self.source, "", "", "", f"{self.total_ms:.6f}"])
+        return buf.getvalue()
 
 
-def estimate_latency(nodes: Sequence[NodeInfo], config: QuantConfig, target: Target) -> LatencyEstimate:
-    """Predicts the latency of ``nodes`` (in graph order) quantized by ``config`` on ``target``.
+@dataclass
+class _Plan:
+    """Where and at what precision each node runs, plus the raw amounts the times are made of.
+
+    Shared by ``estimate_latency`` and the fit (``autoq.surrogates.fit``), so both price exactly
+    the same placement. Amounts: ``ops`` (FLOPs), ``act`` (activation elements read + written),
+    ``weights`` (weight elements); edges are ``(kind, elements, src precision, dst precision)``.
+    """
+
+    names: list[str]
+    op_types: list[str]
+    is_npu: list[bool]
+    precs: list[Precision]
+    free: list[bool]
+    ops: list[float]
+    act: list[float]
+    weights: list[float]
+    edges: list[tuple[str, float, Precision, Precision]]
+
+
+def plan_placement(nodes: Sequence[NodeInfo], config: QuantConfig, target: Target) -> _Plan:
+    """Device and precision of every node and the edges that cross devices or precisions.
 
     Raises ``ConfigError`` when an NPU node needs a precision the target does not run.
-
-    Example:
-        >>> model = load_model("yolox_nano.onnx")                                   # doctest: +SKIP
-        >>> est = estimate_latency(model.nodes, QuantConfig.uniform("int8"), load_target("generic-npu"))  # doctest: +SKIP
-        >>> est.total_ms, est.breakdown()["boundaries"]                             # doctest: +SKIP
     """
     n = len(nodes)
     producer: dict[str, tuple[int, int]] = {}
@@ -299,27 +437,22 @@ def estimate_latency(nodes: Sequence[NodeInfo], config: QuantConfig, target: Tar
     cpu_ops = frozenset(target.cpu_ops)
     free_ops = frozenset(target.free_ops)
     supported = frozenset(target.precisions)
-    npu_tops = target.npu_tops
-    eff_default = target.op_efficiency.get("*", 1.0)
-    op_eff = target.op_efficiency
-    npu_bps = target.npu_bandwidth_gbs * 1e9
-    cpu_fps = target.cpu_gflops * 1e9
-    cpu_bps = target.cpu_bandwidth_gbs * 1e9
-    npu_over = target.node_overhead_ms
-    cpu_over = target.cpu_node_overhead_ms
-    int8, int16, flt = Precision.INT8, Precision.INT16, Precision.FLOAT
+    npu_ops = target.npu_ops
+    float_on_npu = target.float_on_npu
+    int8, flt = Precision.INT8, Precision.FLOAT
     precision_of = config.precision_of
 
     is_npu = [True] * n
     precs: list[Precision] = [int8] * n
     free = [False] * n
-    per_node: dict[str, float] = {}
-    devices: dict[str, str] = {}
-
+    ops = [0.0] * n
+    act = [0.0] * n
+    weights = [0.0] * n
     for i, node in enumerate(nodes):
         op = node.op_type
         if op in free_ops:
             free[i] = True
+        follows_cpu = False
         if node.quantizable:
             p = precision_of(node.name)
         else:
@@ -327,9 +460,11 @@ def estimate_latency(nodes: Sequence[NodeInfo], config: QuantConfig, target: Tar
             src = _source(node, producer, i)
             if src is not None:
                 p = precs[src]
-        if p is flt or op in cpu_ops:
-            p = flt
+                follows_cpu = not is_npu[src]
+        if op in cpu_ops or follows_cpu:
             npu = False
+        elif p is flt:
+            npu = float_on_npu
         else:
             npu = True
             if p.value not in supported:
@@ -337,32 +472,23 @@ def estimate_latency(nodes: Sequence[NodeInfo], config: QuantConfig, target: Tar
                     f"target {target.name} cannot run {p.value} (node {node.name!r}); "
                     f"remove {p.value} from space.precisions or pick a target that runs it"
                 )
+        if npu and not free[i]:
+            allowed = npu_ops.get(p.value)
+            if allowed is not None and op not in allowed:
+                npu = False
+        if not npu:
+            p = flt
         is_npu[i] = npu
         precs[i] = p
-        devices[node.name] = NPU if npu else CPU
         if free[i]:
-            per_node[node.name] = 0.0
             continue
-        ops = node.flops or 2 * node.macs
-        act = _input_elements(node, producer) + node.activation_bytes / _F32  # read inputs, write outputs
-        weights = node.param_bytes / _F32
-        if npu:
-            tops = npu_tops[p.value] * 1e12 * op_eff.get(op, eff_default)
-            s = ops / tops
-            m = (act * _ACT_WIDTH[p] + weights) / npu_bps
-            per_node[node.name] = (s if s > m else m) * 1e3 + npu_over
-        else:
-            s = ops / cpu_fps
-            m = (act + weights) * _F32 / cpu_bps
-            per_node[node.name] = (s if s > m else m) * 1e3 + cpu_over
+        ops[i] = float(node.flops or 2 * node.macs)
+        act[i] = _input_elements(node, producer) + node.activation_bytes / _F32  # read inputs, write outputs
+        weights[i] = node.param_bytes / _F32
 
-    # Edges: NPU<->CPU boundaries and int8<->int16 converts, once per (tensor, destination).
-    b_fixed = target.boundary_ms
-    b_bps = target.boundary_bandwidth_gbs * 1e9
-    c_fixed = target.convert_ms
+    # Edges: NPU<->CPU boundaries and precision converts on the NPU, once per (tensor, destination).
     seen: set[tuple[str, object]] = set()
-    boundaries = converts = 0
-    boundary_ms = convert_ms = 0.0
+    edges: list[tuple[str, float, Precision, Precision]] = []
     for c, node in enumerate(nodes):
         if free[c]:
             continue
@@ -380,34 +506,97 @@ def estimate_latency(nodes: Sequence[NodeInfo], config: QuantConfig, target: Tar
                 if k in seen:
                     continue
                 seen.add(k)
-                boundaries += 1
-                boundary_ms += b_fixed + _elements(nodes[pi], pr[1]) * _F32 / b_bps * 1e3
+                edges.append(("boundary", _elements(nodes[pi], pr[1]), precs[pi], prec_c))
             elif dev_c and precs[pi] is not prec_c:
                 k = (t, prec_c)
                 if k in seen:
                     continue
                 seen.add(k)
-                converts += 1
-                width = _ACT_WIDTH[precs[pi]] + _ACT_WIDTH[prec_c]
-                convert_ms += c_fixed + _elements(nodes[pi], pr[1]) * width / npu_bps * 1e3
+                edges.append(("convert", _elements(nodes[pi], pr[1]), precs[pi], prec_c))
+    return _Plan([nd.name for nd in nodes], [nd.op_type for nd in nodes], is_npu, precs, free, ops, act, weights, edges)
+
+
+def estimate_latency(nodes: Sequence[NodeInfo], config: QuantConfig, target: Target) -> LatencyEstimate:
+    """Predicts the latency of ``nodes`` (in graph order) quantized by ``config`` on ``target``.
+
+    Raises ``ConfigError`` when an NPU node needs a precision the target does not run.
+
+    Example:
+        >>> model = load_model("yolox_nano.onnx")                                   # doctest: +SKIP
+        >>> est = estimate_latency(model.nodes, QuantConfig.uniform("int8"), load_target("generic-npu"))  # doctest: +SKIP
+        >>> est.total_ms, est.breakdown()["boundaries"]                             # doctest: +SKIP
+        >>> print(est.table())                                                      # doctest: +SKIP
+    """
+    plan = plan_placement(nodes, config, target)
+    npu_bps = target.npu_bandwidth_gbs * 1e9
+    cpu_fps = target.cpu_gflops * 1e9
+    cpu_bps = target.cpu_bandwidth_gbs * 1e9
+    npu_over = target.node_overhead_ms
+    cpu_over = target.cpu_node_overhead_ms
+    npu_tops = target.npu_tops
+    efficiency = target.efficiency
+
+    per_node: dict[str, float] = {}
+    devices: dict[str, str] = {}
+    precisions: dict[str, str] = {}
+    op_types: dict[str, str] = {}
+    tops_cache: dict[tuple[str, Precision], float] = {}
+    for i, name in enumerate(plan.names):
+        npu = plan.is_npu[i]
+        p = plan.precs[i]
+        op = plan.op_types[i]
+        devices[name] = NPU if npu else CPU
+        precisions[name] = p.value if npu else "float"
+        op_types[name] = op
+        if plan.free[i]:
+            per_node[name] = 0.0
+            continue
+        if npu:
+            key = (op, p)
+            tops = tops_cache.get(key)
+            if tops is None:
+                tops = tops_cache[key] = npu_tops[p.value] * 1e12 * efficiency(op, p.value)
+            s = plan.ops[i] / tops
+            m = (plan.act[i] * _ACT_WIDTH[p] + plan.weights[i]) / npu_bps
+            per_node[name] = (s if s > m else m) * 1e3 + npu_over
+        else:
+            s = plan.ops[i] / cpu_fps
+            m = (plan.act[i] + plan.weights[i]) * _F32 / cpu_bps
+            per_node[name] = (s if s > m else m) * 1e3 + cpu_over
+
+    b_fixed = target.boundary_ms
+    b_bps = target.boundary_bandwidth_gbs * 1e9
+    c_fixed = target.convert_ms
+    boundaries = converts = 0
+    boundary_ms = convert_ms = 0.0
+    for kind, elements, src, dst in plan.edges:
+        if kind == "boundary":
+            boundaries += 1
+            boundary_ms += b_fixed + elements * _F32 / b_bps * 1e3
+        else:
+            converts += 1
+            convert_ms += c_fixed + elements * (_ACT_WIDTH[src] + _ACT_WIDTH[dst]) / npu_bps * 1e3
 
     segments: list[tuple[str, int, float]] = []
+    segment_of: dict[str, int] = {}
     cur_dev: bool | None = None
     count = 0
     seg_ms = 0.0
-    for i, node in enumerate(nodes):
-        if free[i]:
+    for i, name in enumerate(plan.names):
+        if plan.free[i]:
+            segment_of[name] = -1
             continue
-        if is_npu[i] is not cur_dev:
+        if plan.is_npu[i] is not cur_dev:
             if count:
                 segments.append((NPU if cur_dev else CPU, count, seg_ms))
-            cur_dev, count, seg_ms = is_npu[i], 0, 0.0
+            cur_dev, count, seg_ms = plan.is_npu[i], 0, 0.0
         count += 1
-        seg_ms += per_node[node.name]
+        seg_ms += per_node[name]
+        segment_of[name] = len(segments)
     if count:
         segments.append((NPU if cur_dev else CPU, count, seg_ms))
 
-    total = sum(per_node.values()) + boundary_ms + convert_ms
+    total = sum(per_node.values()) + boundary_ms + convert_ms + target.fixed_ms
     return LatencyEstimate(
         total_ms=total,
         per_node=MappingProxyType(per_node),
@@ -417,6 +606,10 @@ def estimate_latency(nodes: Sequence[NodeInfo], config: QuantConfig, target: Tar
         boundary_ms=boundary_ms,
         converts=converts,
         convert_ms=convert_ms,
+        fixed_ms=target.fixed_ms,
+        precisions=MappingProxyType(precisions),
+        op_types=MappingProxyType(op_types),
+        segment_of=MappingProxyType(segment_of),
     )
 
 

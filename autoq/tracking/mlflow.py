@@ -92,6 +92,8 @@ class Tracker:
             tags.append(RunTag("failure_reason", failure[:5000]))
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()], tags=tags)
         self.client.log_text(run_id, yaml.safe_dump(config.to_dict(), sort_keys=False), "quant_config.yaml")
+        if result is not None and result.latency_table:
+            self.client.log_text(run_id, result.latency_table, "latency_breakdown.csv")
         if result is not None and result.per_class_ap:
             lines = ["class,ap"] + [f"{k},{v:.6f}" for k, v in result.per_class_ap.items()]
             self.client.log_text(run_id, "\n".join(lines) + "\n", "per_class_ap.csv")
