@@ -1,13 +1,16 @@
 """Adapters turn a detector's raw outputs into `Detections` (boxes in original-image pixels).
 
-Built-ins register in `ADAPTERS` by name (``yolox``, ``demo``); a user's own adapter is named
-``package.module:attribute`` in autoq.yaml. An adapter is any callable
+Built-ins register in `ADAPTERS` by name (``yolox``, ``demo``, ``yolov5``/``yolov7``, ``yolov8``,
+``boxes_scores``, ``dets_labels``; modules listed in `autoq.adapters.builtins`); a user's own adapter
+is named ``package.module:attribute`` in autoq.yaml. An adapter is any callable
 ``(outputs, metas) -> list[Detections]`` (see `autoq.adapters.base.Adapter`): a class is
 instantiated with ``model.adapter_options``, a function gets them bound as keyword arguments.
 
 Network input size: decoders that need it (anchor grids) may define
 ``with_input_size(size: tuple[int, int]) -> Adapter``; the accuracy objective calls it with the
 (h, w) of the images it feeds before decoding, so one adapter serves every resolution variant.
+Decoders that pick outputs by name may define ``with_output_names(names) -> Adapter``
+(`bind_output_names`; the pipeline passes the model's output names once).
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ from autoq.adapters.base import Adapter, Detections, ImageMeta
 from autoq.errors import ConfigError
 from autoq.registry import Registry
 
-__all__ = ["ADAPTERS", "Adapter", "Detections", "ImageMeta", "bind_input_size", "load_adapter"]
+__all__ = ["ADAPTERS", "Adapter", "Detections", "ImageMeta", "bind_input_size", "bind_output_names", "load_adapter"]
 
-ADAPTERS: Registry[Any] = Registry("adapter", builtins_module="autoq.adapters.yolox")
+ADAPTERS: Registry[Any] = Registry("adapter", builtins_module="autoq.adapters.builtins")
 
 
 def _accepted(obj: Any) -> str:
@@ -83,3 +86,11 @@ def bind_input_size(adapter: Adapter, size: tuple[int, int] | None) -> Adapter:
         return adapter
     hook = getattr(adapter, "with_input_size", None)
     return hook((int(size[0]), int(size[1]))) if callable(hook) else adapter
+
+
+def bind_output_names(adapter: Adapter, names: tuple[str, ...] | list[str] | None) -> Adapter:
+    """The adapter told the model's output names, when it wants to know (``with_output_names``)."""
+    if not names:
+        return adapter
+    hook = getattr(adapter, "with_output_names", None)
+    return hook(tuple(names)) if callable(hook) else adapter

@@ -26,30 +26,41 @@ from autoq.errors import DataError
 if TYPE_CHECKING:
     from pycocotools.coco import COCO
 
-__all__ = ["EvalSet", "IMAGE_EXTENSIONS", "load_calibration", "load_eval_set", "subset_eval_set"]
+__all__ = [
+    "EvalSet",
+    "IMAGE_EXTENSIONS",
+    "load_calibration",
+    "load_class_folders",
+    "load_eval_set",
+    "load_image_folder",
+    "subset_eval_set",
+]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 @dataclass(frozen=True, eq=False)
 class EvalSet:
-    """Preprocessed evaluation images with their ground truth.
+    """Preprocessed evaluation images with their ground truth (if any).
 
     Attributes:
         images: uint8 NHWC at the network resolution, in the model's colour order.
         metas: per image, the mapping back to original pixels (``image_id`` = COCO image id).
-        coco: ground truth (``pycocotools.coco.COCO``), built in memory.
-        category_ids: contiguous class index -> COCO category id (sorted ids).
+        coco: ground truth (``pycocotools.coco.COCO``), built in memory; None for a plain image
+            folder (label-free mode: the metric builds pseudo ground truth from the float model).
+        category_ids: contiguous class index -> COCO category id (sorted ids); empty when unknown.
         class_names: contiguous class index -> category name.
         files: image file names, aligned with ``images``.
+        labels: per image class index (classification folders), else None.
     """
 
     images: np.ndarray
     metas: tuple[ImageMeta, ...]
-    coco: COCO
+    coco: COCO | None
     category_ids: tuple[int, ...]
     class_names: tuple[str, ...]
     files: tuple[str, ...]
+    labels: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.metas)
@@ -146,17 +157,19 @@ def _prepare_files(
 
 
 def load_eval_set(
-    images_dir: Path, annotations: Path, size: tuple[int, int], pp: Preprocess, *, subset: int = 0
+    images_dir: Path, annotations: Path | None, size: tuple[int, int], pp: Preprocess, *, subset: int = 0
 ) -> EvalSet:
     """Loads a COCO detection set once; every trial then reuses the in-memory images and ground truth.
 
     Args:
         images_dir: folder holding the images named by ``file_name`` in the JSON.
-        annotations: COCO instances JSON.
+        annotations: COCO instances JSON; None: `load_image_folder` (no ground truth, label-free mode).
         size: network input (h, w).
         pp: preprocessing of the model.
         subset: > 0 keeps only the first ``subset`` images by sorted image id (deterministic).
     """
+    if annotations is None:
+        return load_image_folder(images_dir, size, pp, subset=subset)
     images_dir = Path(images_dir)
     dataset = _read_annotations(annotations)
     if not images_dir.is_dir():
@@ -203,7 +216,99 @@ def subset_eval_set(eval_set: EvalSet, count: int) -> EvalSet:
         category_ids=eval_set.category_ids,
         class_names=eval_set.class_names,
         files=eval_set.files[:count],
+        labels=None if eval_set.labels is None else eval_set.labels[:count],
     )
+
+
+def _decode_all(
+    images_dir: Path, paths: Sequence[Path], size: tuple[int, int], pp: Preprocess
+) -> tuple[list[int], np.ndarray, tuple[ImageMeta, ...]]:
+    """(indices of the decodable paths, images, metas with image ids 1..n in ``paths`` order)."""
+    results = _prepare_files(paths, list(range(1, len(paths) + 1)), size, pp)
+    ok = [k for k, r in enumerate(results) if not isinstance(r, DataError)]
+    bad = [r for r in results if isinstance(r, DataError)]
+    if not ok:
+        first = f"; {bad[0]}" if bad else ""
+        raise DataError(f"{images_dir}: none of the {len(paths)} images could be decoded{first}")
+    if bad:
+        warnings.warn(f"skipped {len(bad)} undecodable image(s), first: {bad[0]}", stacklevel=3)
+    return ok, np.stack([results[k][0] for k in ok]), tuple(results[k][1] for k in ok)  # type: ignore[index]
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def load_image_folder(images_dir: Path, size: tuple[int, int], pp: Preprocess, *, subset: int = 0) -> EvalSet:
+    """A folder of images without annotations (label-free mode): image ids 1..n by sorted file name.
+
+    ``coco`` is None and there are no categories; a metric that needs ground truth builds it from the
+    float model's own outputs (see `autoq.objectives.accuracy.pseudo_ground_truth`).
+    """
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise DataError(f"{images_dir}: images directory not found; check data.eval_images in autoq.yaml")
+    paths = _image_files(images_dir)
+    if subset > 0:
+        paths = paths[:subset]
+    if not paths:
+        exts = "/".join(e[1:] for e in IMAGE_EXTENSIONS)
+        raise DataError(f"{images_dir}: no {exts} images; put the evaluation images directly in this folder")
+    ok, images, metas = _decode_all(images_dir, paths, size, pp)
+    files = tuple(paths[k].name for k in ok)
+    return EvalSet(images=images, metas=metas, coco=None, category_ids=(), class_names=(), files=files)
+
+
+def load_class_folders(
+    images_dir: Path,
+    size: tuple[int, int],
+    pp: Preprocess,
+    *,
+    subset: int = 0,
+    class_names: Sequence[str] | None = None,
+) -> EvalSet:
+    """An ImageNet-style classification set: ``images_dir/<class name>/*.jpg``; ``labels`` = class index.
+
+    Args:
+        class_names: the model's classes in output order; default: the sorted sub-folder names.
+            Every sub-folder must be one of them (classes without a folder are fine).
+        subset: > 0 keeps ``subset`` images taken round-robin over the classes (deterministic).
+    """
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise DataError(f"{images_dir}: images directory not found; check data.eval_images in autoq.yaml")
+    folders = sorted(p for p in images_dir.iterdir() if p.is_dir())
+    if not folders:
+        raise DataError(f"{images_dir}: no class sub-folders; a classification set is eval_images/<class name>/*.jpg")
+    names = tuple(str(n) for n in class_names) if class_names is not None else tuple(f.name for f in folders)
+    index = {n: k for k, n in enumerate(names)}
+    missing = [f.name for f in folders if f.name not in index]
+    if missing:
+        raise DataError(
+            f"{images_dir}: sub-folder(s) {missing[:5]} are not in class_names; fix the folders or the option"
+        )
+    per_class = [[(p, index[f.name]) for p in _image_files(f)] for f in folders]
+    entries = [e for group in _round_robin(per_class) for e in group]
+    if subset > 0:
+        entries = entries[:subset]
+    if not entries:
+        raise DataError(f"{images_dir}: the class sub-folders hold no images")
+    ok, images, metas = _decode_all(images_dir, [p for p, _ in entries], size, pp)
+    return EvalSet(
+        images=images,
+        metas=metas,
+        coco=None,
+        category_ids=tuple(range(len(names))),
+        class_names=names,
+        files=tuple(f"{entries[k][0].parent.name}/{entries[k][0].name}" for k in ok),
+        labels=np.array([entries[k][1] for k in ok], np.int64),
+    )
+
+
+def _round_robin(groups: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    """Round-robin rows: the first item of every group, then the second, ... (shorter groups drop out)."""
+    longest = max((len(g) for g in groups), default=0)
+    return [[g[i] for g in groups if i < len(g)] for i in range(longest)]
 
 
 def load_calibration(
