@@ -166,7 +166,7 @@ def test_activation_ranges_include_zero_and_reject_unknown():
     stats = ActivationStats(minmax={"pos": (0.5, 2.0), "neg": (-3.0, -1.0), "both": (-1.0, 1.0)})
     ranges = activation_ranges(stats, Calibration(method="minmax"))
     assert ranges == {"pos": (0.0, 2.0), "neg": (-3.0, 0.0), "both": (-1.0, 1.0)}
-    with pytest.raises(ValueError, match="unknown calibration method 'nope'; known: minmax"):
+    with pytest.raises(ValueError, match="unknown calibration method 'nope'; known: kl, minmax, mse, percentile"):
         activation_ranges(stats, Calibration(method="nope"))
 
 

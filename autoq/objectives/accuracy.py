@@ -23,8 +23,17 @@ if TYPE_CHECKING:
     import onnxruntime
 
     from autoq.data.coco import EvalSet
+    from autoq.objectives.session import SessionSettings
 
-__all__ = ["CocoMetrics", "coco_metrics", "create_session", "detect", "evaluate", "run_model"]
+__all__ = [
+    "CocoMetrics",
+    "coco_metrics",
+    "create_session",
+    "detect",
+    "evaluate",
+    "pseudo_ground_truth",
+    "run_model",
+]
 
 
 @dataclass(frozen=True)
@@ -49,13 +58,19 @@ class CocoMetrics:
         }
 
 
-def create_session(model: bytes | str | os.PathLike[str], *, threads: int = 0) -> onnxruntime.InferenceSession:
-    """A CPU session using every core (``threads`` <= 0) — one trial runs at a time per process."""
+def create_session(
+    model: bytes | str | os.PathLike[str], *, threads: int = 0, settings: SessionSettings | None = None
+) -> onnxruntime.InferenceSession:
+    """A CPU session with ``settings`` (default: every core, all graph optimizations; see
+    `autoq.objectives.session.tune_session`); ``threads`` > 0 overrides the intra-op thread count."""
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads if threads > 0 else (os.cpu_count() or 1)
-    opts.log_severity_level = 3
+    from autoq.objectives.session import SessionSettings, session_options
+
+    settings = settings or SessionSettings()
+    if threads > 0:
+        settings = SessionSettings(threads, settings.graph_optimization, settings.batch_size)
+    opts = session_options(settings)
     source = bytes(model) if isinstance(model, (bytes, bytearray)) else os.fspath(model)
     return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
@@ -67,13 +82,14 @@ def run_model(
     *,
     batch_size: int = 1,
     input_name: str | None = None,
+    settings: SessionSettings | None = None,
 ) -> list[list[np.ndarray]]:
     """One ORT pass over cached uint8 NHWC images; returns the raw outputs of each batch.
 
     A model with a fixed batch dimension runs at that batch size (the last batch is padded with
     copies of its last image and the padding trimmed from the outputs).
     """
-    session = create_session(session_or_bytes) if isinstance(session_or_bytes, (bytes, bytearray)) else session_or_bytes
+    session = create_session(session_or_bytes, settings=settings) if isinstance(session_or_bytes, (bytes, bytearray)) else session_or_bytes
     inputs = session.get_inputs()
     meta = next((i for i in inputs if i.name == input_name), inputs[0]) if input_name else inputs[0]
     name = meta.name
@@ -171,8 +187,55 @@ def evaluate(
     adapter: Adapter,
     *,
     batch_size: int = 1,
+    settings: SessionSettings | None = None,
 ) -> tuple[CocoMetrics, list[Detections]]:
     """mAP of one model on ``eval_set``; also returns the detections (baseline caching, pseudo-GT)."""
-    outputs = run_model(session_or_bytes, eval_set.images, pp, batch_size=batch_size)
+    outputs = run_model(session_or_bytes, eval_set.images, pp, batch_size=batch_size, settings=settings)
     detections = detect(outputs, eval_set.metas, adapter, input_size=eval_set.size)
     return coco_metrics(detections, eval_set), detections
+
+
+def pseudo_ground_truth(
+    eval_set: EvalSet, detections: Sequence[Detections], *, score_threshold: float = 0.3, num_classes: int = 0
+) -> EvalSet:
+    """``eval_set`` with ground truth made of ``detections`` (the float model's) scoring >= ``score_threshold``.
+
+    Label-free mode: the mAP of another model against it measures agreement with the float model,
+    not accuracy. Categories are the class indices 0..K-1 (COCO ids 1..K, names ``"0"``..), with
+    K = ``num_classes`` or, when 0, one more than the largest label among ``detections``.
+    """
+    from dataclasses import replace
+
+    from autoq.data.coco import _quiet_coco
+
+    if len(detections) != len(eval_set.metas):
+        raise ValueError(f"{len(detections)} detections for {len(eval_set.metas)} images")
+    k = num_classes or 1 + max((int(d.labels.max()) for d in detections if len(d)), default=0)
+    images, anns = [], []
+    for det, meta in zip(detections, eval_set.metas):
+        images.append(
+            {"id": meta.image_id, "file_name": str(meta.image_id), "height": meta.orig_h, "width": meta.orig_w}
+        )
+        keep = np.asarray(det.scores) >= score_threshold
+        for box, label in zip(np.asarray(det.boxes, np.float64)[keep], np.asarray(det.labels)[keep]):
+            w, h = float(box[2] - box[0]), float(box[3] - box[1])
+            if w <= 0 or h <= 0 or not 0 <= int(label) < k:
+                continue
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": meta.image_id,
+                    "category_id": int(label) + 1,
+                    "bbox": [float(box[0]), float(box[1]), w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
+    categories = [{"id": c + 1, "name": str(c)} for c in range(k)]
+    coco = _quiet_coco({"info": {}, "licenses": [], "images": images, "annotations": anns, "categories": categories})
+    return replace(
+        eval_set,
+        coco=coco,
+        category_ids=tuple(c + 1 for c in range(k)),
+        class_names=tuple(str(c) for c in range(k)),
+    )

@@ -1,15 +1,28 @@
 """Calibration statistics, computed once per model variant and cached on disk.
 
 Every trial of a study needs activation ranges, but they depend only on the model variant and the
-calibration images, never on the trial's precision choices. So `collect_stats` runs ONNX Runtime's
-MinMax calibrator once, stores the result as ``stats-<key>.npz`` and every later call with the same
-key loads the file. `activation_ranges` then turns the statistics into per-tensor ranges with a
-named range estimator (a small registry, so percentile/MSE/KL estimators can be added by name).
+calibration images, never on the trial's precision choices. So `collect_stats` runs the float
+model once over the calibration images in ONE ONNX Runtime session whose outputs are every float
+activation, and keeps per tensor:
+
+* the exact min and max (what ORT's MinMax calibrator reports), and
+* a signed histogram of `HIST_BINS` equal bins over ``[-T, T]`` with ``T = max(|min|, |max|)``,
+  i.e. exactly the histogram ORT's Percentile (``symmetric=False``) and Entropy calibrators
+  build (``np.histogram(values, bins, range=(-T, T))`` over all calibration values), only with
+  4x more bins than ORT's 2048 default: >= 4096 bins over the side of zero that holds the values,
+  fine enough for the int16 MSE clip (see `autoq.quant.ranges`).
+
+The histogram range needs the global min/max, so the images are run once and the activations kept
+in memory while they fit in `KEEP_BYTES`; a larger model/calibration set runs a second,
+histogram-only pass. Either way it is one statistics computation (``CALIBRATION_PASSES`` += 1).
+The result is stored as ``stats-<key>.npz`` (format `STATS_FORMAT`; a file of another format is
+recomputed) and every later call with the same key loads it. `activation_ranges` (re-exported
+from `autoq.quant.ranges`) turns the statistics into per-tensor ranges.
 
 Example:
     >>> key = stats_key(model.sha256, "letterbox-416-bgr", *calibration_files)   # doctest: +SKIP
     >>> stats = collect_stats(model, batches, cache_dir=Path(".autoq/cache"), key=key)  # doctest: +SKIP
-    >>> ranges = activation_ranges(stats, Calibration(method="minmax"))  # doctest: +SKIP
+    >>> ranges = activation_ranges(stats, Calibration(method="mse"))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -18,58 +31,93 @@ import hashlib
 import io
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from autoq.errors import DataError
-from autoq.plan import Calibration
-from autoq.registry import Registry
+from autoq.quant.ranges import RANGE_ESTIMATORS, RangeEstimator, activation_ranges
 
 if TYPE_CHECKING:
+    import onnx
+
     from autoq.model.graph import LoadedModel
 
 __all__ = [
     "CALIBRATION_PASSES",
+    "HIST_BINS",
     "ActivationStats",
+    "Histogram",
     "RANGE_ESTIMATORS",
+    "RangeEstimator",
     "activation_ranges",
     "collect_stats",
+    "stats_from_arrays",
     "stats_key",
 ]
 
-#: How many real calibration passes ran in this process (a cache hit does not count); tests assert on it.
+#: How many statistics computations ran in this process (a cache hit does not count); tests assert on it.
 CALIBRATION_PASSES: int = 0
 
-# Version of the npz layout: "names" (str array), "min", "max" (float32 arrays aligned with names).
-# Later statistics (histograms, ...) go under new keys so old files stay readable.
-_STATS_FORMAT = 1
+#: Histogram bins over [-T, T] (ORT's default is 2048; int16 MSE wants finer bins near the clip).
+HIST_BINS = 8192
+
+#: Activations kept in memory between the min/max and the histogram step; beyond it, a second pass.
+KEEP_BYTES = 512 * 1024 * 1024
+
+# npz layout: "format", "names" (str), "min", "max", "threshold" (float32), "bins" (int64 bins per
+# tensor), "counts" (int64, the histograms concatenated in name order). Another format = recompute.
+STATS_FORMAT = 2
+_FLOAT_TYPES = frozenset({1, 10})  # FLOAT, FLOAT16: what ORT's calibrators calibrate
 
 
 @dataclass(frozen=True)
+class Histogram:
+    """Counts of a tensor's values in ``counts.size`` equal bins over ``[-threshold, threshold]``."""
+
+    counts: np.ndarray
+    threshold: np.float32
+
+    @cached_property
+    def edges(self) -> np.ndarray:
+        """Bin edges exactly as ``np.histogram(values, bins, range=(-T, T))`` makes them (float32)."""
+        t = np.float32(self.threshold)
+        return np.histogram_bin_edges(np.empty(0, np.float32), bins=self.counts.size, range=(-t, t))
+
+
+@dataclass(frozen=True, eq=False)
 class ActivationStats:
     """Per-tensor statistics of every float activation (graph input and outputs included).
 
     ``minmax`` maps a tensor name to the (min, max) seen over all calibration batches, exactly as
     ONNX Runtime's MinMax calibrator reports it (zero is not yet included; see `activation_ranges`).
+    ``histograms`` holds the signed histogram of each tensor (see the module doc); estimators
+    other than minmax need it. ``memo`` caches computed ranges (see `activation_ranges`).
     """
 
     minmax: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    histograms: Mapping[str, Histogram] = field(default_factory=dict)
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def save(self, path: Path) -> None:
         """Writes the statistics as npz, atomically (parallel workers may share one cache)."""
         names = sorted(self.minmax)
+        hists = [self.histograms.get(n) for n in names]
         arrays = {
-            "format": np.array(_STATS_FORMAT, dtype=np.int64),
+            "format": np.array(STATS_FORMAT, dtype=np.int64),
             "names": np.array(names, dtype=np.str_),
             "min": np.array([self.minmax[n][0] for n in names], dtype=np.float32),
             "max": np.array([self.minmax[n][1] for n in names], dtype=np.float32),
+            "threshold": np.array([h.threshold if h else 0 for h in hists], dtype=np.float32),
+            "bins": np.array([h.counts.size if h else 0 for h in hists], dtype=np.int64),
+            "counts": np.concatenate([h.counts.astype(np.int64) for h in hists if h] or [np.zeros(0, np.int64)]),
         }
         buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
+        np.savez_compressed(buffer, **arrays)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
         try:
@@ -82,23 +130,35 @@ class ActivationStats:
 
     @classmethod
     def load(cls, path: Path) -> ActivationStats:
-        """Reads a file written by `save`; raises ValueError when it is not one."""
+        """Reads a file written by `save`; raises ValueError when it is not one of this format."""
         with np.load(path, allow_pickle=False) as data:
-            if int(data["format"]) > _STATS_FORMAT:
-                raise ValueError(f"{path} was written by a newer autoq (format {int(data['format'])})")
+            fmt = int(data["format"]) if "format" in data.files else 0
+            if fmt != STATS_FORMAT:
+                raise ValueError(f"{path} has statistics format {fmt}, this autoq writes {STATS_FORMAT}")
             names = [str(n) for n in data["names"]]
             lows, highs = data["min"], data["max"]
-            if not (len(names) == len(lows) == len(highs)):
+            thresholds, bins, counts = data["threshold"], data["bins"], data["counts"]
+            if not (len(names) == len(lows) == len(highs) == len(thresholds) == len(bins)) or bins.sum() != len(
+                counts
+            ):
                 raise ValueError(f"{path} is inconsistent")
-            return cls(minmax={n: (float(lo), float(hi)) for n, lo, hi in zip(names, lows, highs)})
+            minmax = {n: (float(lo), float(hi)) for n, lo, hi in zip(names, lows, highs)}
+            hists: dict[str, Histogram] = {}
+            offset = 0
+            for n, t, b in zip(names, thresholds, bins):
+                if b:
+                    hists[n] = Histogram(counts=counts[offset : offset + b], threshold=np.float32(t))
+                    offset += int(b)
+            return cls(minmax=minmax, histograms=hists)
 
 
 def stats_key(model_sha: str, *parts: str) -> str:
     """A short cache key from the model hash and whatever else the statistics depend on.
 
-    Pass the preprocessing description and the calibration file list as ``parts``.
+    Pass the preprocessing/resolution description and the calibration file list as ``parts``.
+    The statistics format and histogram size are part of the key.
     """
-    joined = "\x00".join((model_sha, *(str(p) for p in parts)))
+    joined = "\x00".join((model_sha, f"stats-v{STATS_FORMAT}-bins{HIST_BINS}", *(str(p) for p in parts)))
     return hashlib.sha256(joined.encode("utf-8")).hexdigest()[:16]
 
 
@@ -108,11 +168,13 @@ def collect_stats(
     *,
     cache_dir: Path | None,
     key: str,
+    bins: int = HIST_BINS,
 ) -> ActivationStats:
-    """Min/max of every float activation over ``batches`` (float32 NCHW), cached as ``stats-<key>.npz``.
+    """Min/max and histogram of every float activation over ``batches`` (float32 NCHW).
 
-    With a cache hit nothing runs. Otherwise ONNX Runtime's MinMax calibrator runs once over the
-    batches (``CALIBRATION_PASSES`` counts these passes) and the result is written to the cache.
+    Cached as ``stats-<key>.npz`` in ``cache_dir``: with a cache hit nothing runs (``batches`` is
+    not iterated). Otherwise the model runs over the batches (``CALIBRATION_PASSES`` counts these
+    computations) and the result is written to the cache.
     """
     global CALIBRATION_PASSES
 
@@ -121,65 +183,141 @@ def collect_stats(
         try:
             return ActivationStats.load(cache_file)
         except Exception:
-            pass  # unreadable or stale cache file: recompute and overwrite it
+            pass  # unreadable, stale or old-format cache file: recompute and overwrite it
 
-    stats = _run_minmax_calibration(model, batches)
+    stats = _run_calibration(model, batches, bins)
     CALIBRATION_PASSES += 1
     if cache_file is not None:
         stats.save(cache_file)
     return stats
 
 
-def _run_minmax_calibration(model: LoadedModel, batches: Iterable[np.ndarray]) -> ActivationStats:
-    import onnx
-    from onnxruntime.quantization.calibrate import CalibrationDataReader, CalibrationMethod, create_calibrator
+def stats_from_arrays(values: Mapping[str, Iterable[np.ndarray]], *, bins: int = HIST_BINS) -> ActivationStats:
+    """Statistics of given arrays (tensor name -> its values per batch); for tests and custom collectors."""
+    lists = {n: [np.asarray(a, np.float32) for a in arrs] for n, arrs in values.items()}
+    minmax = {n: (float(min(np.nanmin(a) for a in arrs)), float(max(np.nanmax(a) for a in arrs))) for n, arrs in lists.items()}
+    acc = _HistAccumulator(minmax, bins)
+    for n, arrs in lists.items():
+        for a in arrs:
+            acc.add(n, a)
+    return ActivationStats(minmax=minmax, histograms=acc.result())
 
+
+# ------------------------------------------------------------------------------------ collection
+
+
+class _HistAccumulator:
+    """Sums per-batch histograms with fixed bins over [-T, T] (T from the global min/max)."""
+
+    def __init__(self, minmax: Mapping[str, tuple[float, float]], bins: int) -> None:
+        self.bins = bins
+        self.threshold = {
+            n: np.float32(max(abs(np.float32(lo)), abs(np.float32(hi)))) for n, (lo, hi) in minmax.items()
+        }
+        self.counts = {n: np.zeros(bins, np.int64) for n in minmax}
+
+    def add(self, name: str, values: np.ndarray) -> None:
+        t = self.threshold[name]
+        flat = np.asarray(values).ravel()
+        if flat.size:
+            hist, _ = np.histogram(flat, self.bins, range=(-t, t))
+            self.counts[name] += hist
+
+    def result(self) -> dict[str, Histogram]:
+        return {n: Histogram(counts=c, threshold=self.threshold[n]) for n, c in self.counts.items()}
+
+
+def tensors_to_calibrate(proto: onnx.ModelProto) -> list[str]:
+    """Float (non-initializer) inputs/outputs of every node, as ORT's calibrators select them, in graph order."""
+    value_infos = {vi.name: vi for vi in proto.graph.value_info}
+    value_infos.update({o.name: o for o in proto.graph.output})
+    value_infos.update({i.name: i for i in proto.graph.input})
+    initializers = {t.name for t in proto.graph.initializer}
+    out: dict[str, None] = {}
+    for node in proto.graph.node:
+        for name in (*node.input, *node.output):
+            vi = value_infos.get(name)
+            if (
+                vi is not None
+                and vi.type.HasField("tensor_type")
+                and vi.type.tensor_type.elem_type in _FLOAT_TYPES
+                and name not in initializers
+            ):
+                out[name] = None
+    return list(out)
+
+
+def _run_calibration(model: LoadedModel, batches: Iterable[np.ndarray], bins: int) -> ActivationStats:
+    import onnx
+    import onnxruntime as ort
+
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    wanted = tensors_to_calibrate(proto)
+    inputs = {i.name for i in proto.graph.input}
+    existing = {o.name for o in proto.graph.output}
+    value_infos = {vi.name: vi for vi in proto.graph.value_info}
+    for name in wanted:
+        if name not in existing and name not in inputs:
+            proto.graph.output.append(value_infos[name])
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    out_names = [o.name for o in session.get_outputs() if o.name in set(wanted)]
     input_name = model.input_name
+    feeds = list(_feeds(model, batches))  # the calibration images, float32 (small next to activations)
+
+    lows: dict[str, float] = {}
+    highs: dict[str, float] = {}
+    kept: list[dict[str, np.ndarray]] | None = []
+    kept_bytes = 0
+
+    def observe(name: str, arr: np.ndarray) -> None:
+        if arr.size == 0:
+            return
+        lo, hi = np.nanmin(arr), np.nanmax(arr)
+        lows[name] = min(lows.get(name, lo), lo)
+        highs[name] = max(highs.get(name, hi), hi)
+
+    def run(feed: np.ndarray) -> dict[str, np.ndarray]:
+        result = dict(zip(out_names, session.run(out_names, {input_name: feed})))
+        if input_name in wanted:
+            result[input_name] = feed
+        return result
+
+    for feed in feeds:
+        acts = run(feed)
+        for name, arr in acts.items():
+            observe(name, arr)
+        if kept is not None:
+            kept_bytes += sum(a.nbytes for a in acts.values())
+            if kept_bytes <= KEEP_BYTES:
+                kept.append(acts)
+            else:
+                kept = None  # too big to keep: a second, histogram-only pass follows
+    minmax = {n: (float(lows.get(n, 0.0)), float(highs.get(n, 0.0))) for n in wanted if n in lows or n in highs}
+    acc = _HistAccumulator({n: (lows[n], highs[n]) for n in minmax}, bins)
+    for acts in kept if kept is not None else (run(f) for f in feeds):
+        for name, arr in acts.items():
+            if name in minmax:
+                acc.add(name, arr)
+    return ActivationStats(minmax=minmax, histograms=acc.result())
+
+
+def _feeds(model: LoadedModel, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
     expected = model.input_shape
     fixed_batch = bool(expected) and expected[0] == 1
-
-    def feeds() -> Iterator[dict[str, np.ndarray]]:
-        count = 0
-        for batch in batches:
-            array = np.ascontiguousarray(batch, dtype=np.float32)
-            _check_batch(array, expected, model.path)
-            # A model exported with batch 1 gets the images one by one (min/max do not care).
-            pieces = [array[i : i + 1] for i in range(array.shape[0])] if fixed_batch else [array]
-            for piece in pieces:
-                count += 1
-                yield {input_name: piece}
-        if count == 0:
-            raise DataError(
-                f"no calibration images were given for {model.path}; check the calibration set in autoq.yaml"
-            )
-
-    class _Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._it = feeds()
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self._it, None)
-
-    with tempfile.TemporaryDirectory(prefix="autoq-calib-") as tmp:
-        model_path = Path(tmp) / "model.onnx"
-        onnx.save_model(model.proto, str(model_path))
-        calibrator = create_calibrator(
-            model_path,
-            None,  # every float tensor, so any later precision/op choice finds its range
-            augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-            calibrate_method=CalibrationMethod.MinMax,
-        )
-        try:
-            calibrator.collect_data(_Reader())
-            tensors = calibrator.compute_data()
-        finally:
-            # Release the session before the temp dir goes away (Windows keeps files open).
-            calibrator.infer_session = None
-    minmax = {
-        name: (float(np.asarray(td.range_value[0]).item()), float(np.asarray(td.range_value[1]).item()))
-        for name, td in tensors.items()
-    }
-    return ActivationStats(minmax=minmax)
+    count = 0
+    for batch in batches:
+        array = np.ascontiguousarray(batch, dtype=np.float32)
+        _check_batch(array, expected, model.path)
+        # A model exported with batch 1 gets the images one by one (min/max/histograms do not care).
+        pieces = [array[i : i + 1] for i in range(array.shape[0])] if fixed_batch else [array]
+        for piece in pieces:
+            count += 1
+            yield piece
+    if count == 0:
+        raise DataError(f"no calibration images were given for {model.path}; check the calibration set in autoq.yaml")
 
 
 def _check_batch(array: np.ndarray, expected: tuple[int | str, ...], path: Path) -> None:
@@ -193,41 +331,3 @@ def _check_batch(array: np.ndarray, expected: tuple[int | str, ...], path: Path)
             f"calibration batch of shape {tuple(array.shape)} does not fit the input {tuple(expected)} of "
             f"{path}; check the input size and preprocessing in autoq.yaml"
         )
-
-
-# ------------------------------------------------------------------------------- range estimators
-
-RangeEstimator = Callable[[ActivationStats, Calibration], dict[str, tuple[float, float]]]
-
-#: Range estimators by name (``Calibration.method``); register new ones with
-#: ``@RANGE_ESTIMATORS.register("name")`` or name a function as ``package.module:function``.
-RANGE_ESTIMATORS: Registry[RangeEstimator] = Registry("range estimator")
-
-
-def _with_zero(name: str, lo: float, hi: float) -> tuple[float, float]:
-    """Quantized zero must be exact (padding, ReLU), so ORT widens every range to contain 0."""
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise DataError(
-            f"calibration gave tensor {name!r} the non-finite range ({lo}, {hi}); check the calibration "
-            "images and preprocessing (NaN or inf in the input)"
-        )
-    return (min(float(lo), 0.0), max(float(hi), 0.0))
-
-
-@RANGE_ESTIMATORS.register("minmax")
-def minmax_ranges(stats: ActivationStats, calibration: Calibration) -> dict[str, tuple[float, float]]:
-    """The observed min and max of each tensor, widened to contain zero."""
-    return {name: _with_zero(name, lo, hi) for name, (lo, hi) in stats.minmax.items()}
-
-
-def activation_ranges(stats: ActivationStats, calibration: Calibration) -> dict[str, tuple[float, float]]:
-    """Per-tensor (low, high) ranges from ``stats`` with the estimator ``calibration.method``.
-
-    Raises ValueError naming the known estimators when the method is unknown.
-    """
-    method = calibration.method
-    if method not in RANGE_ESTIMATORS and ":" not in method:
-        known = ", ".join(RANGE_ESTIMATORS.names())
-        raise ValueError(f"unknown calibration method {method!r}; known: {known}")
-    estimator = RANGE_ESTIMATORS.get(method, key="calibration.method")
-    return estimator(stats, calibration)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from autoq.model.graph import LoadedModel, NodeInfo
 
-__all__ = ["build_qdq", "int16_tensors"]
+__all__ = ["build_qdq", "config_int16_tensors", "int16_tensors"]
 
 # Inputs of these ops past the first are weights/bias (quantized as int8 weights / int32 bias).
 _WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm"})
@@ -36,6 +36,8 @@ def build_qdq(
     model: LoadedModel,
     config: QuantConfig,
     ranges: Mapping[str, tuple[float, float]],
+    *,
+    indexed: bool = True,
 ) -> onnx.ModelProto:
     """The QDQ model for ``config``; ``ranges`` must cover every float activation (see `collect_stats`).
 
@@ -45,6 +47,8 @@ def build_qdq(
     consumer is int16, else int8 (see `int16_tensors`). Outputs of data-movement ops (Reshape,
     Slice, Transpose, MaxPool, Resize, ...) reuse their input's quantization, as ORT does.
     Nodes ORT cannot quantize always stay float. The result is deterministic for a given config.
+    ``indexed`` (default) runs ORT's quantizer on `_IndexedModel` (same result, byte for byte,
+    without ORT's quadratic node/initializer scans: ~2x faster on a 400-node detector).
     ``config.resolution`` and ``config.variant`` are not read here: pass the `LoadedModel` of that
     variant (and ranges calibrated on it).
     """
@@ -97,6 +101,8 @@ def build_qdq(
         sorted(quantizable_op_types()),  # op_types_to_quantize
         extra_options,
     )
+    if indexed:
+        quantizer.model = _indexed_model(quantizer.model.model)
     try:
         quantizer.quantize_model()
     except ValueError as exc:
@@ -136,6 +142,109 @@ def int16_tensors(
             if name:
                 out[name] = None
     return list(out)
+
+
+def config_int16_tensors(model: LoadedModel, config: QuantConfig) -> list[str]:
+    """The activations `build_qdq` quantizes to int16 for ``config`` (what int16 ranges are needed for)."""
+    quantizable = model.quantizable()
+    precision = {n.name: config.precision_of(n.name) for n in quantizable}
+    if Precision.INT16 not in precision.values():
+        return []
+    return int16_tensors(quantizable, precision, initializers=_initializer_names(model))
+
+
+def _initializer_names(model: LoadedModel) -> frozenset[str]:
+    names = model.__dict__.get("_autoq_initializer_names")
+    if names is None:
+        names = _float_initializers(model.proto)
+        model.__dict__["_autoq_initializer_names"] = names  # frozen dataclass: cache beside its fields
+    return names
+
+
+def _indexed_model(proto: onnx.ModelProto):
+    """ORT's ONNXModel wrapper plus a tensor -> consumer-nodes index and a name -> initializer index.
+
+    ORT's QDQ quantizer calls ``replace_input_of_all_nodes`` (a scan of every node) once per
+    quantized tensor and looks initializers up by linear scans; these dominate its run time on
+    detectors. The subclass answers the same calls from indexes kept current on every add, remove
+    and replace; any lookup the index cannot answer falls back to ORT's own method. ORT is not
+    modified: only this quantizer instance uses the subclass.
+    """
+    from collections import defaultdict
+
+    from onnxruntime.quantization.onnx_model import ONNXModel
+
+    class _IndexedModel(ONNXModel):
+        def __init__(self, model: onnx.ModelProto) -> None:
+            super().__init__(model)
+            self._reindex_nodes()
+            self._reindex_inits()
+
+        # The indexes are rebuilt whenever the graph's node/initializer count differs from what
+        # they saw, so a change made behind their back (e.g. a direct append) cannot go stale.
+        def _reindex_nodes(self) -> None:
+            self._consumers: dict[str, list[Any]] = defaultdict(list)
+            for node in self.model.graph.node:
+                for name in node.input:
+                    self._consumers[name].append(node)
+            self._node_count = len(self.model.graph.node)
+
+        def _reindex_inits(self) -> None:
+            self._inits = {t.name: t for t in self.model.graph.initializer}
+            self._init_count = len(self.model.graph.initializer)
+
+        def _check_inits(self) -> None:
+            if len(self.model.graph.initializer) != self._init_count:
+                self._reindex_inits()
+
+        def add_node(self, node) -> None:
+            if len(self.model.graph.node) != self._node_count:
+                self._reindex_nodes()
+            super().add_node(node)
+            stored = self.model.graph.node[-1]  # extend() copies: index the stored message
+            for name in stored.input:
+                self._consumers[name].append(stored)
+            self._node_count += 1
+
+        def remove_node(self, node) -> None:
+            super().remove_node(node)
+            self._reindex_nodes()  # rare (no-op nodes); keep it simple
+
+        def replace_input_of_all_nodes(self, old_input_name: str, new_input_name: str) -> None:
+            if len(self.model.graph.node) != self._node_count:
+                self._reindex_nodes()
+            nodes = self._consumers.pop(old_input_name, [])
+            for node in nodes:
+                ONNXModel.replace_node_input(node, old_input_name, new_input_name)
+            self._consumers[new_input_name].extend(nodes)
+
+        def get_initializer(self, name: str):
+            self._check_inits()
+            return self._inits.get(name)
+
+        def add_initializer(self, tensor) -> None:
+            self._check_inits()
+            if tensor.name not in self._inits:
+                self._check_init(tensor)
+                self.model.graph.initializer.extend([tensor])
+                self._inits[tensor.name] = self.model.graph.initializer[-1]
+                self._init_count += 1
+
+        def initializer_extend(self, inits) -> None:
+            if len(inits) == 0:
+                raise ValueError("Can add an empty list.")
+            self._check_inits()
+            for init in inits:  # ORT also re-checks every existing initializer (a float8-only check)
+                self._check_init(init)
+                self.model.graph.initializer.append(init)
+                self._inits.setdefault(init.name, self.model.graph.initializer[-1])
+                self._init_count += 1
+
+        def remove_initializer(self, tensor) -> None:
+            super().remove_initializer(tensor)
+            self._reindex_inits()
+
+    return _IndexedModel(proto)
 
 
 def _check_config_nodes(model: LoadedModel, config: QuantConfig) -> None:
