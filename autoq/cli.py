@@ -154,6 +154,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_fidelity(args: argparse.Namespace) -> int:
+    from autoq.quant.fidelity import fidelity_report
+
+    print(fidelity_report(_project(args), args.trial))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from autoq.config import load_config
     from autoq.demo.project import write_demo_project
@@ -216,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output file, or folder with --pareto")
     storage_options(p)
     p.set_defaults(func=cmd_export)
+
+    p = with_config(sub.add_parser("check-fidelity", help="a trial's mAP with fake-quant vs integer kernels"))
+    p.add_argument("--trial", type=int, required=True, help="trial number (see `autoq pareto`)")
+    storage_options(p)
+    p.set_defaults(func=cmd_check_fidelity)
 
     from autoq.surrogates.cli import add_cost_model_parser
 

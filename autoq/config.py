@@ -55,6 +55,8 @@ class ObjectiveSection:
 @dataclass(frozen=True)
 class TargetSection:
     name: str = "generic-npu"
+    mode: str = ""  # "" = the target file's mode; estimate | measured (measured: ort-cpu times the QDQ model)
+    runs: int = 0  # timed runs in measured mode; 0 = the target file's runs
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class SpaceSection:
     precisions: tuple[str, ...] = ("int8", "int16", "float")
     granularities: tuple[str, ...] = ("per_tensor", "per_channel")
     methods: tuple[str, ...] = ("minmax",)
+    percentiles: tuple[float, ...] = (99.99, 99.999)  # searched when methods has "percentile"
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,21 @@ class ProjectConfig:
     def work_dir(self) -> Path:
         """Where the study, caches and exports live."""
         return self.root / ".autoq"
+
+    def ensure_work_dir(self) -> Path:
+        """Creates ``.autoq/cache`` or fails with one line naming the folder (read-only project, ...)."""
+        cache = self.work_dir / "cache"
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            probe = cache / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write to {self.work_dir} ({exc.strerror}); autoq keeps its study and caches there: "
+                "make the folder of the config file writable"
+            ) from None
+        return self.work_dir
 
     def storage_url(self) -> str:
         return self.search.storage or f"sqlite:///{self.work_dir / 'study.db'}"
@@ -230,6 +248,8 @@ def _validate(cfg: ProjectConfig) -> None:
     must(cfg.data.calib_images.is_dir(), "data.calib_images", f"folder not found: {cfg.data.calib_images}")
     must(cfg.data.calib_count > 0, "data.calib_count", "must be > 0")
     must(cfg.data.eval_subset >= 0, "data.eval_subset", "must be >= 0 (0 = all images)")
+    must(cfg.target.mode in ("", "estimate", "measured"), "target.mode", "must be estimate or measured")
+    must(cfg.target.runs >= 0, "target.runs", "must be >= 0 (0 = the target file's runs)")
     if cfg.model.input_size is not None:
         must(all(s > 0 for s in cfg.model.input_size), "model.input_size", "must be two positive integers [h, w]")
     pp = cfg.preprocess
@@ -245,6 +265,14 @@ def _validate(cfg: ProjectConfig) -> None:
     for g in cfg.space.granularities:
         must(g in GRANULARITIES, "space.granularities", f"has unknown granularity {g!r}; known: {list(GRANULARITIES)}")
     must(bool(cfg.space.methods), "space.methods", "must list at least one range estimator")
+    from autoq.quant.ranges import RANGE_ESTIMATORS
+
+    known_m = RANGE_ESTIMATORS.names()
+    for m in cfg.space.methods:
+        must(m in known_m or ":" in m, "space.methods", f"has unknown range estimator {m!r}; known: {known_m}")
+    must(bool(cfg.space.percentiles), "space.percentiles", "must list at least one percentile, e.g. [99.99, 99.999]")
+    for q in cfg.space.percentiles:
+        must(50 < q < 100, "space.percentiles", f"has {q}; each percentile must be in (50, 100)")
     must(bool(cfg.objective.metric), "objective.metric", "must name a metric (coco_map, top1, cosine or pkg.mod:fn)")
     must(cfg.search.budget > 0, "search.budget", "must be > 0 (number of trials)")
     must(cfg.search.heartbeat_seconds > 0, "search.heartbeat_seconds", "must be > 0")
@@ -318,7 +346,8 @@ target:
 space:
   precisions: [int8, int16, float]            # per-node choices; float = left unquantized (CPU)
   granularities: [per_tensor, per_channel]    # weight quantization granularity
-  methods: [minmax]                           # activation range estimators
+  methods: [minmax]                           # activation range estimators: minmax | percentile | mse | kl
+  percentiles: [99.99, 99.999]                # tried when methods has percentile
 
 search:
   budget: 30            # trials in the study (a rerun continues up to this number)

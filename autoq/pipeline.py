@@ -1,7 +1,8 @@
 """A loaded project: everything that does not depend on the trial is done once here.
 
 `Project.evaluate(config)` is one trial: ranges from cached statistics, one QDQ build, one
-inference pass over the cached evaluation images, COCO metrics and the cost model's latency.
+inference pass over the cached evaluation images (`outputs`), the objective metric (`score`, COCO
+mAP by default; see `autoq.objectives.metrics`) and the cost model's latency.
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ Log = Callable[[str], None]
 
 @dataclass(frozen=True)
 class Baseline:
-    """The float model's accuracy on the evaluation set (cached on disk by content hash)."""
+    """The float model's objective metric on the evaluation set (cached on disk by content hash).
+
+    ``map`` is the metric's value (COCO mAP for ``coco_map``); ``map50`` is nan for other metrics.
+    """
 
     map: float
     map50: float
@@ -42,6 +46,7 @@ class Project:
         self.config = config
         self.log = log
         self.cache_dir = config.work_dir / "cache"
+        self._metric_memo: dict[Any, Any] = {}  # values metrics derive once (pseudo ground truth)
 
     # --- trial-independent state, built lazily and once -------------------------------------
     @cached_property
@@ -71,10 +76,18 @@ class Project:
 
     @cached_property
     def adapter(self):
-        from autoq.adapters import load_adapter
+        from autoq.adapters import bind_output_names, load_adapter
 
         options = {"input_size": self.input_size, **dict(self.config.model.adapter_options)}
-        return load_adapter(self.config.model.adapter, options, key=f"{self.config.file}: model.adapter")
+        adapter = load_adapter(self.config.model.adapter, options, key=f"{self.config.file}: model.adapter")
+        return bind_output_names(adapter, self.model.output_names)
+
+    @cached_property
+    def metric(self):  # -> autoq.objectives.metrics.LoadedMetric
+        from autoq.objectives.metrics import load_metric
+
+        o = self.config.objective
+        return load_metric(o.metric, o.options, key=f"{self.config.file}: objective.metric")
 
     @cached_property
     def eval_set(self):
@@ -82,7 +95,8 @@ class Project:
 
         d = self.config.data
         t = time.perf_counter()
-        es = load_eval_set(d.eval_images, d.eval_annotations, self.input_size, self.preprocess, subset=d.eval_subset)
+        load = self.metric.load_eval_set or load_eval_set
+        es = load(d.eval_images, d.eval_annotations, self.input_size, self.preprocess, subset=d.eval_subset)
         self.log(f"eval set: {len(es.metas)} images preprocessed in {time.perf_counter() - t:.1f}s")
         return es
 
@@ -120,13 +134,37 @@ class Project:
         from autoq.quant.calibrate import collect_stats, stats_key
 
         d = self.config.data
-        images, files = load_calibration(d.calib_images, d.calib_count, self.input_size, self.preprocess)
-        key = stats_key(self.model.sha256, self._preprocess_key(), *files)
+        # Key: model bytes (the variant: resolution and rewrites change them), input size and
+        # preprocessing, and the content of the calibration files; nothing is decoded on a cache hit.
+        files = _calibration_files(d.calib_images, d.calib_count)
+        key = stats_key(self.model.sha256, self._preprocess_key(), str(d.calib_count), *files)
+        decoded: list[int] = []
+
+        def batches():
+            images, names = load_calibration(d.calib_images, d.calib_count, self.input_size, self.preprocess)
+            decoded.append(len(names))
+            for i in range(len(images)):
+                yield to_input(images[i : i + 1], self.preprocess)
+
         t = time.perf_counter()
-        batches = (to_input(images[i : i + 1], self.preprocess) for i in range(len(images)))
-        stats = collect_stats(self.model, batches, cache_dir=self.cache_dir, key=key)
-        self.log(f"calibration statistics: {len(files)} images, {time.perf_counter() - t:.1f}s (cached)")
+        stats = collect_stats(self.model, batches(), cache_dir=self.cache_dir, key=key)
+        how = f"computed over {decoded[0]} images" if decoded else "loaded from the cache"
+        self.log(f"calibration statistics: {how} in {time.perf_counter() - t:.1f}s (stats-{key}.npz)")
         return stats
+
+    @cached_property
+    def session_settings(self):  # -> autoq.objectives.session.SessionSettings
+        """ORT session settings measured once on the float model (cached; see `tune_session`)."""
+        import os
+
+        import onnxruntime
+
+        from autoq.objectives.session import tune_session
+
+        key = _sha(self.model.sha256, str(self.input_size), str(os.cpu_count()), onnxruntime.__version__)
+        return tune_session(
+            self.model.serialized(), self.eval_set.images[:8], self.preprocess, cache_dir=self.cache_dir, key=key, log=self.log
+        )
 
     @cached_property
     def baseline(self) -> Baseline:
@@ -137,6 +175,8 @@ class Project:
             self._preprocess_key(),
             json.dumps(dict(self.config.model.adapter_options), sort_keys=True, default=str),
             self.config.model.adapter,
+            json.dumps([self.config.objective.metric, dict(self.config.objective.options)], sort_keys=True, default=str),
+            str(self.config.data.eval_annotations),
             *es.files,
         )
         path = self.cache_dir / f"baseline-{key}.json"
@@ -144,18 +184,43 @@ class Project:
             data = json.loads(path.read_text())
             return Baseline(data["map"], data["map50"], data["per_class_ap"])
         t = time.perf_counter()
-        metrics, _ = self._run(self.model.serialized())
-        base = Baseline(metrics.map, metrics.map50, dict(metrics.per_class_ap))
+        outputs = self.outputs(self.model.serialized())
+        metrics = self.score(outputs, reference=outputs)
+        base = Baseline(metrics.value, metrics.map50, dict(metrics.per_class_ap))
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(base.__dict__, indent=1))
-        self.log(f"float baseline: mAP {base.map:.4f} (AP50 {base.map50:.4f}) in {time.perf_counter() - t:.1f}s")
+        self.log(
+            f"float baseline: {self.metric.name} {base.map:.4f} (AP50 {base.map50:.4f}) in {time.perf_counter() - t:.1f}s"
+        )
         return base
 
-    # --- one trial ---------------------------------------------------------------------------
-    def _run(self, model_bytes: bytes):
-        from autoq.objectives.accuracy import evaluate
+    @cached_property
+    def float_outputs(self) -> list[list[Any]]:
+        """Raw outputs of the float model over the eval set, kept in memory for metrics that compare
+        with it (label-free mode, ``cosine``); only computed when such a metric asks."""
+        return self.outputs(self.model.serialized())
 
-        return evaluate(model_bytes, self.eval_set, self.preprocess, self.adapter)
+    # --- one trial ---------------------------------------------------------------------------
+    def outputs(self, model_bytes) -> list[list[Any]]:
+        """One inference pass over the cached eval images: raw outputs per batch, per model output.
+
+        ``model_bytes``: serialized model or an ORT session (sessions use `session_settings`)."""
+        from autoq.objectives.accuracy import run_model
+
+        settings = self.session_settings
+        return run_model(model_bytes, self.eval_set.images, self.preprocess, batch_size=settings.batch_size, settings=settings)
+
+    def score(self, outputs, *, reference=None):  # -> autoq.objectives.metrics.MetricResult
+        """The objective metric of raw ``outputs``; ``reference`` = float outputs (default: `float_outputs`)."""
+        from autoq.objectives.metrics import MetricContext
+
+        context = MetricContext(
+            self.eval_set,
+            adapter=lambda: self.adapter,
+            reference=reference if reference is not None else (lambda: self.float_outputs),
+            memo=self._metric_memo,
+        )
+        return self.metric(outputs, context)
 
     def validate_config(self, config: QuantConfig) -> None:
         """Rejects precisions the target cannot run and node names the model does not have."""
@@ -170,49 +235,103 @@ class Project:
                     f"space.precisions {list(self.config.space.precisions)} allows {[a.value for a in allowed]}"
                 )
 
-    def build(self, config: QuantConfig):
-        """The trial's QDQ ModelProto, from cached ranges (no calibration pass)."""
+    def ranges(self, config: QuantConfig) -> dict[str, tuple[float, float]]:
+        """Activation ranges for ``config`` from the cached statistics: its method (and percentile),
+        int16 ranges for the tensors its int16 nodes touch (memoized per method and bit width)."""
         from autoq.quant.calibrate import activation_ranges
+        from autoq.quant.qdq import config_int16_tensors
+
+        return activation_ranges(
+            self.stats, config.calibration, int16_tensors=config_int16_tensors(self.model, config)
+        )
+
+    def build(self, config: QuantConfig, *, ranges: dict[str, tuple[float, float]] | None = None):
+        """The trial's QDQ ModelProto, from cached ranges (no calibration pass)."""
         from autoq.quant.qdq import build_qdq
 
-        return build_qdq(self.model, config, activation_ranges(self.stats, config.calibration))
+        return build_qdq(self.model, config, self.ranges(config) if ranges is None else ranges)
 
-    def latency(self, config: QuantConfig):
+    def latency(self, config: QuantConfig, proto=None):
+        """Cost-model estimate; with target mode ``measured`` and the trial's QDQ ``proto``, timed here."""
         from autoq.surrogates.cost_model import estimate_latency
 
-        return estimate_latency(self.model.nodes, config, self.target)
+        est = estimate_latency(self.model.nodes, config, self.target)
+        t = self.target
+        mode = self.config.target.mode or t.mode
+        if mode == "measured" and proto is not None:
+            import dataclasses
+
+            from autoq.surrogates.measure import measure_latency
+
+            shape = None  # the proto's declared input shape; symbolic H/W need the trial's resolution
+            if config.resolution is not None:
+                shape = (1, 3, *config.resolution)
+            m = measure_latency(proto.SerializeToString(), input_shape=shape, runs=self.config.target.runs or t.runs,
+                                warmup=t.warmup, threads=t.threads)
+            est = dataclasses.replace(est, total_ms=m.median_ms, source="measured", estimated_ms=est.total_ms)
+        return est
 
     def evaluate(self, config: QuantConfig) -> TrialResult:
-        """One trial: QDQ build, one pass over the eval images, COCO metrics, latency estimate."""
+        """One trial: QDQ build, one pass over the eval images, the objective metric, latency estimate."""
+        from autoq.objectives.metrics import drop
+
         base = self.baseline
         seconds: dict[str, Any] = {}
+        from autoq.objectives.accuracy import create_session
+
         t = time.perf_counter()
-        proto = self.build(config)
+        ranges = self.ranges(config)
+        seconds["ranges"] = time.perf_counter() - t
+        t = time.perf_counter()
+        proto = self.build(config, ranges=ranges)
         seconds["build"] = time.perf_counter() - t
         t = time.perf_counter()
-        metrics, _ = self._run(proto.SerializeToString())
-        seconds["evaluate"] = time.perf_counter() - t
+        session = create_session(proto.SerializeToString(), settings=self.session_settings)
+        seconds["session"] = time.perf_counter() - t
         t = time.perf_counter()
-        lat = self.latency(config)
+        outputs = self.outputs(session)
+        seconds["inference"] = time.perf_counter() - t
+        t = time.perf_counter()
+        metrics = self.score(outputs)
+        seconds["score"] = time.perf_counter() - t
+        t = time.perf_counter()
+        lat = self.latency(config, proto)
         seconds["latency"] = time.perf_counter() - t
         return TrialResult(
-            map=metrics.map,
+            map=metrics.value,
             map50=metrics.map50,
             map_small=metrics.map_small,
             map_medium=metrics.map_medium,
             map_large=metrics.map_large,
             per_class_ap=dict(metrics.per_class_ap),
-            map_drop=base.map - metrics.map,
+            map_drop=drop(base.map, metrics.value, higher_is_better=self.metric.higher_is_better),
             latency_ms=lat.total_ms,
             latency_breakdown=lat.breakdown(),
+            latency_table=lat.table(),
             images=len(self.eval_set.metas),
             seconds=seconds,
+            similarity=dict(metrics.extra),
         )
+
+
+def _calibration_files(folder: Path, count: int) -> tuple[str, ...]:
+    """``name:sha256`` of the candidate calibration files (what `load_calibration` reads), without decoding.
+
+    (An undecodable file is replaced by the next one when decoding; that replacement is not in the key.)
+    """
+    from autoq.data.coco import IMAGE_EXTENSIONS
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return (str(folder),)  # load_calibration reports the missing folder when it runs
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    chosen = files[:count] if count > 0 else files
+    return tuple(f"{p.name}:{hashlib.sha256(p.read_bytes()).hexdigest()[:16]}" for p in chosen)
 
 
 def model_file_for_export(project: Project) -> Path:
     """The ONNX whose node names match the QuantConfig: the normalized model, saved once."""
-    path = project.config.work_dir / "export" / f"model-{project.model.sha256[:12]}.onnx"
+    path = project.config.ensure_work_dir() / "export" / f"model-{project.model.sha256[:12]}.onnx"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(project.model.serialized())

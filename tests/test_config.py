@@ -70,4 +70,4 @@ def test_template_parses_and_documents_every_section():
     import yaml
 
     raw = yaml.safe_load(TEMPLATE)
-    assert set(raw) == {"model", "data", "preprocess", "target", "space", "search", "tracking"}
+    assert set(raw) == {"model", "data", "preprocess", "objective", "target", "space", "search", "tracking"}

@@ -16,6 +16,8 @@ from autoq.plan import Calibration, Precision, QuantConfig
 NODE_PREFIX = "node:"
 GRANULARITY = "granularity"
 METHOD = "method"
+PERCENTILE = "percentile"  # only suggested when method == "percentile" (a conditional parameter)
+DEFAULT_PERCENTILES = (99.99, 99.999)
 
 
 def suggest_config(
@@ -24,14 +26,20 @@ def suggest_config(
     precisions: Sequence[Precision],
     granularities: Sequence[str],
     methods: Sequence[str],
+    percentiles: Sequence[float] = DEFAULT_PERCENTILES,
 ) -> QuantConfig:
-    """Asks the trial for every parameter and returns the QuantConfig it decides."""
+    """Asks the trial for every parameter and returns the QuantConfig it decides.
+
+    ``percentile`` is asked only when the trial's method is ``percentile``.
+    """
     choices = [p.value for p in precisions]
     assignment = {n: trial.suggest_categorical(NODE_PREFIX + n, choices) for n in node_names}
-    calibration = Calibration(
-        granularity=trial.suggest_categorical(GRANULARITY, list(granularities)),
-        method=trial.suggest_categorical(METHOD, list(methods)),
-    )
+    granularity = trial.suggest_categorical(GRANULARITY, list(granularities))
+    method = trial.suggest_categorical(METHOD, list(methods))
+    percentile = None
+    if method == "percentile":
+        percentile = float(trial.suggest_categorical(PERCENTILE, [float(p) for p in percentiles]))
+    calibration = Calibration(granularity=granularity, method=method, percentile=percentile)
     # The most common precision becomes the default, so `nodes` holds only the exceptions.
     default = Counter(assignment.values()).most_common(1)[0][0] if assignment else choices[0]
     return QuantConfig(calibration=calibration, default=Precision(default), nodes=assignment)
@@ -42,4 +50,9 @@ def params_of(config: QuantConfig, node_names: Sequence[str]) -> dict[str, Any]:
     params: dict[str, Any] = {NODE_PREFIX + n: config.precision_of(n).value for n in node_names}
     params[GRANULARITY] = config.calibration.granularity
     params[METHOD] = config.calibration.method
+    if config.calibration.method == "percentile":
+        from autoq.quant.ranges import DEFAULT_PERCENTILE
+
+        p = config.calibration.percentile
+        params[PERCENTILE] = float(DEFAULT_PERCENTILE if p is None else p)
     return params

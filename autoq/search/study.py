@@ -124,6 +124,20 @@ def _finished(study) -> list:
     return [t for t in counted_trials(study) if t.state in done]
 
 
+def _in_flight(study) -> list:
+    """Counted trials that are running (here or on another worker); queued ones are not in flight."""
+    from optuna.trial import TrialState
+
+    return [t for t in counted_trials(study) if t.state is TrialState.RUNNING]
+
+
+def optuna_fail_stale(study) -> None:
+    """Fails (and re-queues once) trials whose heartbeat stopped; a no-op without heartbeats."""
+    import optuna
+
+    optuna.storages.fail_stale_trials(study)
+
+
 def trial_config(trial) -> QuantConfig:
     """The QuantConfig a trial evaluated."""
     data = trial.user_attrs.get(CONFIG_ATTR)
@@ -255,7 +269,9 @@ def prepare_study(project: Project, *, seed: int | None = None, worker: int = 0,
         # Per-channel weights when allowed: per-tensor int8 weights alone can ruin a detector
         # (depthwise convs), which would hide what the activation precision does.
         gran = "per_channel" if "per_channel" in cfg.space.granularities else cfg.space.granularities[0]
-        calibration = Calibration(granularity=gran, method=cfg.space.methods[0])
+        method = cfg.space.methods[0]
+        percentile = cfg.space.percentiles[-1] if method == "percentile" else None
+        calibration = Calibration(granularity=gran, method=method, percentile=percentile)
         for p in (Precision.INT8, Precision.INT16):
             if p in precisions:
                 seed_cfg = QuantConfig.uniform(p, calibration=calibration)
@@ -333,19 +349,30 @@ def run_search(
     study, tracker, parent = prepare_study(project, seed=seed, worker=worker, log=log)
     tracker.mark_stale_runs(study)
     done_before = len(_finished(study))
-    remaining = budget - done_before
-    if remaining > 0:
-        log(f"search: {remaining} trial(s) to run ({done_before} already in study {cfg.search.study_name!r})")
-        study.optimize(
-            _objective(project, study, tracker, parent, budget),
-            n_trials=remaining,
-            timeout=timeout,
-            catch=(Exception,),
-            callbacks=[_Progress(log, budget, done_before, timeout)],
-            gc_after_trial=False,
-        )
-    else:
-        log(f"search: study {cfg.search.study_name!r} already has {done_before} trials (budget {budget})")
+    log(f"search: {max(budget - done_before, 0)} trial(s) to run ({done_before} already in study {cfg.search.study_name!r})")
+    objective = _objective(project, study, tracker, parent, budget)
+    progress = _Progress(log, budget, done_before, timeout)
+    start = time.monotonic()
+    stalled = False  # the last optimize() finished nothing (other workers took the budget)
+    while True:
+        left = None if timeout is None else timeout - (time.monotonic() - start)
+        if left is not None and left <= 0:
+            break
+        remaining = budget - len(_finished(study)) - len(_in_flight(study))
+        if remaining > 0 and not stalled:
+            before = len(_finished(study))
+            study.optimize(objective, n_trials=remaining, timeout=left, catch=(Exception,),
+                           callbacks=[progress], gc_after_trial=False)
+            stalled = len(_finished(study)) == before
+            continue
+        if not _in_flight(study):
+            break
+        stalled = False
+        # Trials of other workers still run, or a dead worker's trial awaits its heartbeat timeout:
+        # wait, then let Optuna fail and re-queue the stale ones, so the budget is really finished.
+        time.sleep(cfg.search.heartbeat_seconds)
+        optuna_fail_stale(study)
+        tracker.mark_stale_runs(study)
     finish_study(project, study, tracker, parent, log=log)
     return study
 
