@@ -26,6 +26,25 @@ class ModelSection:
     adapter: str = "yolox"
     adapter_options: Mapping[str, Any] = field(default_factory=dict)
     input_size: tuple[int, int] | None = None  # (h, w); default: the model's static input shape
+    # "HxW" -> ONNX exported at that size (used instead of rewriting the graph for space.resolutions)
+    resolutions: Mapping[str, Any] = field(default_factory=dict)
+    # name -> ONNX of a user variant (e.g. retrained with ReLU), a categorical choice of the search
+    variants: Mapping[str, Any] = field(default_factory=dict)
+
+    def resolution_files(self, root: Path) -> dict[tuple[int, int], Path]:
+        """model.resolutions as (h, w) -> absolute path."""
+        from autoq.model.resolution import parse_resolution
+
+        return {parse_resolution(k): _abs(root, v) for k, v in self.resolutions.items()}
+
+    def variant_files(self, root: Path) -> dict[str, Path]:
+        """model.variants as name -> absolute path."""
+        return {str(k): _abs(root, v) for k, v in self.variants.items()}
+
+
+def _abs(root: Path, value: Any) -> Path:
+    p = Path(str(value)).expanduser()
+    return p if p.is_absolute() else (root / p).resolve()
 
 
 @dataclass(frozen=True)
@@ -65,6 +84,8 @@ class SpaceSection:
     granularities: tuple[str, ...] = ("per_tensor", "per_channel")
     methods: tuple[str, ...] = ("minmax",)
     percentiles: tuple[float, ...] = (99.99, 99.999)  # searched when methods has "percentile"
+    resolutions: tuple[tuple[int, int], ...] = ()  # [[416, 416], [320, 320]]: searched; () = the model's own
+    rewrites: tuple[tuple[str, ...], ...] = ()  # [[silu_to_hardswish]]: rewrite sets searched beside the original
 
 
 @dataclass(frozen=True)
@@ -271,6 +292,7 @@ def _validate(cfg: ProjectConfig) -> None:
     for m in cfg.space.methods:
         must(m in known_m or ":" in m, "space.methods", f"has unknown range estimator {m!r}; known: {known_m}")
     must(bool(cfg.space.percentiles), "space.percentiles", "must list at least one percentile, e.g. [99.99, 99.999]")
+    _validate_variants(cfg, must)
     for q in cfg.space.percentiles:
         must(50 < q < 100, "space.percentiles", f"has {q}; each percentile must be in (50, 100)")
     must(bool(cfg.objective.metric), "objective.metric", "must name a metric (coco_map, top1, cosine or pkg.mod:fn)")
@@ -278,6 +300,31 @@ def _validate(cfg: ProjectConfig) -> None:
     must(cfg.search.heartbeat_seconds > 0, "search.heartbeat_seconds", "must be > 0")
     if cfg.search.timeout is not None:
         must(cfg.search.timeout > 0, "search.timeout", "must be > 0 seconds")
+
+
+def _validate_variants(cfg: ProjectConfig, must) -> None:
+    """model.resolutions, model.variants, space.resolutions and space.rewrites."""
+    from autoq.model.resolution import parse_resolution
+    from autoq.model.rewrites import REWRITES, variant_name
+
+    for k, v in cfg.model.resolutions.items():
+        try:
+            parse_resolution(str(k))
+        except ValueError as exc:
+            must(False, f"model.resolutions.{k}", f"is not a resolution: {exc}")
+        must(isinstance(v, str) and _abs(cfg.root, v).is_file(), f"model.resolutions.{k}", f"file not found: {v!r}")
+    sets = {variant_name(s) for s in cfg.space.rewrites}
+    for k, v in cfg.model.variants.items():
+        must(bool(str(k)) and "+" not in str(k), f"model.variants.{k}", "needs a name without '+'")
+        must(str(k) not in sets, f"model.variants.{k}", "has the name of a rewrite set in space.rewrites; rename it")
+        must(isinstance(v, str) and _abs(cfg.root, v).is_file(), f"model.variants.{k}", f"file not found: {v!r}")
+    for r in cfg.space.resolutions:
+        must(all(x > 0 for x in r), "space.resolutions", f"has {list(r)}; each entry must be [h, w] > 0")
+    known = REWRITES.names()
+    for s in cfg.space.rewrites:
+        must(bool(s), "space.rewrites", "has an empty rewrite set")
+        for name in s:
+            must(name in known or ":" in name, "space.rewrites", f"has unknown rewrite {name!r}; known: {known}")
 
 
 def load_config(path: str | Path = DEFAULT_CONFIG) -> ProjectConfig:
@@ -348,6 +395,8 @@ space:
   granularities: [per_tensor, per_channel]    # weight quantization granularity
   methods: [minmax]                           # activation range estimators: minmax | percentile | mse | kl
   percentiles: [99.99, 99.999]                # tried when methods has percentile
+  # resolutions: [[416, 416], [320, 320]]     # input sizes searched (default: the model's own)
+  # rewrites: [[silu_to_hardswish]]           # op-replacement sets searched beside the original
 
 search:
   budget: 30            # trials in the study (a rerun continues up to this number)

@@ -47,6 +47,87 @@ class Project:
         self.log = log
         self.cache_dir = config.work_dir / "cache"
         self._metric_memo: dict[Any, Any] = {}  # values metrics derive once (pseudo ground truth)
+        self.root: Project = self  # a VariantState's root is the project of the original model
+        self._variants: dict[tuple[tuple[int, int], str], VariantState] = {}
+
+    # --- variants: (resolution, rewrite set or user variant) -----------------------------------
+    def resolution_choices(self) -> tuple[str, ...]:
+        """space.resolutions as "HxW" strings (the ``resolution`` trial parameter); () = not searched."""
+        from autoq.model.resolution import format_resolution
+
+        return tuple(format_resolution(r) for r in self.config.space.resolutions)
+
+    def variant_choices(self) -> tuple[str, ...]:
+        """"" (the original) + the space.rewrites set names + model.variants names; () = not searched."""
+        from autoq.model.rewrites import variant_name
+
+        names = [variant_name(s) for s in self.config.space.rewrites] + list(self.config.model.variants)
+        return ("", *dict.fromkeys(names)) if names else ()
+
+    def config_for(self, config: QuantConfig) -> QuantConfig:
+        """``config`` as this model's nodes see it (the original has every node: unchanged)."""
+        return config
+
+    def variant(self, resolution: tuple[int, int] | None = None, variant: str = "") -> Project:
+        """The state of one variant: its LoadedModel, eval set at its size, statistics, baseline.
+
+        ``resolution`` None (or the model's own) and ``variant`` "" is this project itself; others are
+        `VariantState` objects built once (graph cached on disk by content hash, see
+        `autoq.model.variants`) and kept for the project's life.
+        """
+        if self.root is not self:
+            return self.root.variant(resolution, variant)
+        size = tuple(int(x) for x in resolution) if resolution else self.input_size
+        if size == tuple(self.input_size) and not variant:
+            return self
+        key = (size, variant or "")
+        if key not in self._variants:
+            self._variants[key] = self._build_variant(size, variant or "")  # type: ignore[arg-type]
+        return self._variants[key]
+
+    def _build_variant(self, size: tuple[int, int], variant: str) -> VariantState:
+        from autoq.model.graph import load_model
+        from autoq.model.resolution import format_resolution
+        from autoq.model.variants import build_variant_file
+
+        cfg = self.config
+        known = self.variant_choices()
+        if variant and variant not in known and "+" not in variant and variant not in cfg.model.variants:
+            from autoq.model.rewrites import REWRITES
+
+            if variant not in REWRITES:
+                raise ConfigError(
+                    f"unknown variant {variant!r}: not a rewrite (set) nor in model.variants; known: {list(known[1:])}"
+                )
+
+        def sample():
+            try:
+                from autoq.data.coco import load_calibration
+                from autoq.data.preprocess import to_input
+
+                images, _ = load_calibration(cfg.data.calib_images, 1, size, self.preprocess)
+                return to_input(images[:1], self.preprocess)
+            except Exception:
+                return None
+
+        t = time.perf_counter()
+        path, reports = build_variant_file(
+            original=self.model.path,
+            original_sha=self.model.sha256,
+            size=size,
+            variant=variant,
+            user_variants=cfg.model.variant_files(cfg.root),
+            user_resolutions=cfg.model.resolution_files(cfg.root),
+            cache_dir=self.cache_dir,
+            sample=sample,
+            log=self.log,
+        )
+        state = VariantState(self, model=load_model(path), input_size=size, variant=variant, rewrite_reports=reports)
+        self.log(
+            f"variant {variant or 'original'} at {format_resolution(size)}: {len(state.model.nodes)} nodes "
+            f"({len(state.quantizable_names)} quantizable) in {time.perf_counter() - t:.1f}s ({path.name})"
+        )
+        return state
 
     # --- trial-independent state, built lazily and once -------------------------------------
     @cached_property
@@ -200,6 +281,13 @@ class Project:
         with it (label-free mode, ``cosine``); only computed when such a metric asks."""
         return self.outputs(self.model.serialized())
 
+    @cached_property
+    def cosine_reference(self):  # -> autoq.report.cosine.CosineReference
+        """Float outputs kept (bounded memory) to log each trial's per-output cosine (``cos/<output>``)."""
+        from autoq.report.cosine import CosineReference
+
+        return CosineReference.for_project(self)
+
     # --- one trial ---------------------------------------------------------------------------
     def outputs(self, model_bytes) -> list[list[Any]]:
         """One inference pass over the cached eval images: raw outputs per batch, per model output.
@@ -275,7 +363,10 @@ class Project:
         """One trial: QDQ build, one pass over the eval images, the objective metric, latency estimate."""
         from autoq.objectives.metrics import drop
 
-        base = self.baseline
+        state = self.variant(config.resolution, config.variant)
+        if state is not self:  # another resolution / variant: its own graph, data, statistics, baseline
+            return state.evaluate(state.config_for(config))
+        base = self.root.baseline  # map_drop: always against the original at its own resolution
         seconds: dict[str, Any] = {}
         from autoq.objectives.accuracy import create_session
 
@@ -295,6 +386,9 @@ class Project:
         metrics = self.score(outputs)
         seconds["score"] = time.perf_counter() - t
         t = time.perf_counter()
+        cosine = self.cosine_reference.cosines(outputs)
+        seconds["cosine"] = time.perf_counter() - t
+        t = time.perf_counter()
         lat = self.latency(config, proto)
         seconds["latency"] = time.perf_counter() - t
         return TrialResult(
@@ -311,7 +405,61 @@ class Project:
             images=len(self.eval_set.metas),
             seconds=seconds,
             similarity=dict(metrics.extra),
+            output_cosine=cosine,
         )
+
+
+class VariantState(Project):
+    """One (resolution, variant) of a project: the variant's LoadedModel, its eval set preprocessed at its
+    size, its calibration statistics and float baseline (each cached by content hash like the
+    original's). Preprocessing settings, metric, target and session settings are the root project's.
+    `evaluate` measures ``map_drop`` against the root's (original) baseline.
+    """
+
+    def __init__(self, root: Project, *, model, input_size: tuple[int, int], variant: str,
+                 rewrite_reports: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(root.config, log=root.log)
+        self.root = root
+        self.variant_name = variant
+        self.rewrite_reports = list(rewrite_reports or [])
+        self.__dict__["model"] = model  # cached_property slots, filled up front
+        self.__dict__["input_size"] = tuple(input_size)
+
+    @property
+    def key(self) -> tuple[tuple[int, int], str]:
+        return self.input_size, self.variant_name
+
+    @property
+    def preprocess(self):  # type: ignore[override]
+        return self.root.preprocess
+
+    @property
+    def metric(self):  # type: ignore[override]
+        return self.root.metric
+
+    @property
+    def target(self):  # type: ignore[override]
+        return self.root.target
+
+    @property
+    def session_settings(self):  # type: ignore[override]
+        return self.root.session_settings
+
+    def variant(self, resolution: tuple[int, int] | None = None, variant: str = "") -> Project:
+        size = tuple(int(x) for x in resolution) if resolution else self.root.input_size
+        if (size, variant or "") == self.key:
+            return self
+        return self.root.variant(resolution, variant)
+
+    def config_for(self, config: QuantConfig) -> QuantConfig:
+        """Per-node overrides keyed by name: nodes this variant lacks are dropped, new ones take the default."""
+        import dataclasses
+
+        names = set(self.quantizable_names)
+        return dataclasses.replace(config, nodes={k: v for k, v in config.nodes.items() if k in names})
+
+    def validate_config(self, config: QuantConfig) -> None:
+        self.root.validate_config(config)
 
 
 def _calibration_files(folder: Path, count: int) -> tuple[str, ...]:

@@ -12,15 +12,18 @@ def trial_context(project: Project, study, t):  # -> autoq.export.base.ExportCon
     from autoq.export.base import ExportContext
     from autoq.search.study import trial_config
 
-    config = trial_config(t)
-    h, w = config.resolution or project.input_size
-    nodes = project.model.nodes
+    # the trial's variant (resolution, rewrites or user variant): its model file, written under
+    # .autoq/export/ by hash, and the config as that model's nodes see it
+    state = project.variant(trial_config(t).resolution, trial_config(t).variant)
+    config = state.config_for(trial_config(t))
+    h, w = config.resolution or state.input_size
+    nodes = state.model.nodes
     return ExportContext(
         config=config,
-        model_path=model_file_for_export(project),
-        input_name=project.model.input_name,
+        model_path=model_file_for_export(state),
+        input_name=state.model.input_name,
         input_shape=(1, 3, h, w),
-        node_names=project.quantizable_names,
+        node_names=state.quantizable_names,
         node_ops={n.name: n.op_type for n in nodes},
         preprocess=project.preprocess,
         study=study.study_name,
@@ -29,7 +32,7 @@ def trial_context(project: Project, study, t):  # -> autoq.export.base.ExportCon
         latency_ms=t.values[1],
         target=project.target.name,
         calib_dir=project.config.data.calib_images,
-        qdq_model=lambda: project.build(config).SerializeToString(),
+        qdq_model=lambda: state.build(config).SerializeToString(),
         node_outputs={n.name: tuple(n.outputs) for n in nodes},
     )
 

@@ -231,6 +231,27 @@ class _Progress:
         )
 
 
+class _ParetoTags:
+    """Keeps MLflow tag ``pareto`` current as trials finish: after each completed trial only the runs
+    whose front membership changed are re-tagged (a tracking hiccup is a warning, not a failed search)."""
+
+    def __init__(self, tracker: Tracker, parent: str, log: Log) -> None:
+        self.tracker, self.parent, self.log, self.warned = tracker, parent, log, False
+
+    def __call__(self, study, trial) -> None:
+        from optuna.trial import TrialState
+
+        if trial.state is not TrialState.COMPLETE:
+            return  # only a completed trial can change the front
+        try:
+            front = {t.user_attrs.get(RUN_ATTR) for t in study.best_trials}
+            self.tracker.update_pareto(self.parent, front - {None})
+        except Exception as exc:
+            if not self.warned:
+                self.warned = True
+                self.log(f"warning: cannot update MLflow pareto tags: {type(exc).__name__}: {exc}")
+
+
 def make_tracker(project: Project) -> Tracker:
     cfg = project.config
     try:
@@ -272,10 +293,19 @@ def prepare_study(project: Project, *, seed: int | None = None, worker: int = 0,
         method = cfg.space.methods[0]
         percentile = cfg.space.percentiles[-1] if method == "percentile" else None
         calibration = Calibration(granularity=gran, method=method, percentile=percentile)
+        # Seeds run the original model, at its own resolution when that is among the choices.
+        resolutions, variants = project.resolution_choices(), project.variant_choices()
+        resolution = None
+        if resolutions:
+            from autoq.model.resolution import format_resolution, parse_resolution
+
+            own = format_resolution(project.input_size)
+            resolution = parse_resolution(own if own in resolutions else resolutions[0])
         for p in (Precision.INT8, Precision.INT16):
             if p in precisions:
-                seed_cfg = QuantConfig.uniform(p, calibration=calibration)
-                study.enqueue_trial(params_of(seed_cfg, names), user_attrs={"seed": f"all-{p.value}"})
+                seed_cfg = QuantConfig.uniform(p, calibration=calibration, resolution=resolution, variant="")
+                params = params_of(seed_cfg, names, resolutions=resolutions, variants=variants)
+                study.enqueue_trial(params, user_attrs={"seed": f"all-{p.value}"})
     return study, tracker, parent
 
 
@@ -296,10 +326,16 @@ def _objective(project: Project, study, tracker: Tracker, parent: str, budget: i
         stale = frozen.system_attrs.get("failed_trial")  # set by RetryHeartbeatStaleTrialCallback
         if stale is not None and trial.user_attrs.get(RUN_ATTR):
             tracker.close_stale(trial.user_attrs[RUN_ATTR], f"worker stopped during trial {stale}; retried as trial {trial.number}")
-        config = suggest_config(trial, names, precisions, cfg.space.granularities, cfg.space.methods, cfg.space.percentiles)
+        config = suggest_config(trial, names, precisions, cfg.space.granularities, cfg.space.methods, cfg.space.percentiles,
+                                resolutions=project.resolution_choices(), variants=project.variant_choices())
         trial.set_user_attr(CONFIG_ATTR, config.to_dict())
         counts = config.counts(names)
         params = {
+            "resolution": "x".join(map(str, config.resolution or project.input_size)),
+            "variant": config.variant or "original",
+            "calibration": config.calibration.method
+            + (f" {config.calibration.percentile}" if config.calibration.percentile else "")
+            + f", {config.calibration.granularity} weights",
             "granularity": config.calibration.granularity,
             "method": config.calibration.method,
             "n_int8": counts["int8"],
@@ -352,6 +388,7 @@ def run_search(
     log(f"search: {max(budget - done_before, 0)} trial(s) to run ({done_before} already in study {cfg.search.study_name!r})")
     objective = _objective(project, study, tracker, parent, budget)
     progress = _Progress(log, budget, done_before, timeout)
+    pareto_tags = _ParetoTags(tracker, parent, log)
     start = time.monotonic()
     stalled = False  # the last optimize() finished nothing (other workers took the budget)
     while True:
@@ -362,7 +399,7 @@ def run_search(
         if remaining > 0 and not stalled:
             before = len(_finished(study))
             study.optimize(objective, n_trials=remaining, timeout=left, catch=(Exception,),
-                           callbacks=[progress], gc_after_trial=False)
+                           callbacks=[progress, pareto_tags], gc_after_trial=False)
             stalled = len(_finished(study)) == before
             continue
         if not _in_flight(study):
@@ -391,8 +428,10 @@ def finish_study(project: Project, study, tracker: Tracker, parent: str, *, log:
         raise SearchError(f"no trial completed; failures: {'; '.join(failures)[:500]}")
     rows = pareto_rows(study, project.quantizable_names)
     front_runs = {t.user_attrs.get(RUN_ATTR) for t in study.best_trials}
-    all_runs = [t.user_attrs[RUN_ATTR] for t in finished if RUN_ATTR in t.user_attrs]
-    tracker.set_pareto(front_runs, all_runs)
+    tracker.update_pareto(parent, front_runs - {None})
+    from autoq.report.mlflow_views import log_study_views
+
+    log_study_views(project, study, tracker, parent, rows, log=log)
     tracker.finish_parent(
         parent,
         metrics={"float_map": project.baseline.map, "trials": len(finished), "pareto_size": len(rows)},
