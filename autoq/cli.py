@@ -175,6 +175,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from autoq.report.report import write_report
+
+    project = _project(args)
+    html, md = write_report(project, Path(args.output), trial=args.trial, log=_log)
+    print(f"wrote {html} and {md}")
+    return 0
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from autoq.report.diagnose import run_diagnose
+
+    project = _project(args, log=_log)
+    html, md = run_diagnose(project, Path(args.output), images=args.images, sens_images=args.sens_images,
+                            top=args.top, log=_log)
+    print(f"wrote {html} and {md}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autoq", description="Search how to quantize an ONNX detector for an edge NPU."
@@ -228,6 +247,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trial", type=int, required=True, help="trial number (see `autoq pareto`)")
     storage_options(p)
     p.set_defaults(func=cmd_check_fidelity)
+
+    p = with_config(sub.add_parser("report", help="HTML + Markdown report: front, a trial's precision map, per-class AP, latency"))
+    p.add_argument("--trial", type=int, default=None, help="trial to detail (default: the front member with the lowest drop)")
+    p.add_argument("-o", "--output", default="report.html", help="HTML file (Markdown written next to it)")
+    storage_options(p)
+    p.set_defaults(func=cmd_report)
+
+    p = with_config(sub.add_parser("diagnose", help="automated troubleshooting checklist as HTML + Markdown"))
+    p.add_argument("--images", type=_positive_int, default=32, help="eval images for the mAP checks (default 32)")
+    p.add_argument("--sens-images", type=_positive_int, default=8, help="images for the per-group sweep (default 8)")
+    p.add_argument("--top", type=_positive_int, default=10, help="sensitive groups to report (default 10)")
+    p.add_argument("-o", "--output", default="diagnose.html", help="HTML file (Markdown written next to it)")
+    p.set_defaults(func=cmd_diagnose)
 
     from autoq.surrogates.cli import add_cost_model_parser
 

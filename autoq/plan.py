@@ -168,6 +168,8 @@ class TrialResult:
     similarity: Mapping[str, float] = field(default_factory=dict)
     # per node and per segment: CSV node,op,device,precision,segment,ms (logged as an artifact)
     latency_table: str = ""
+    # cosine similarity to the float model's raw outputs, per output name (MLflow ``cos/<output>``)
+    output_cosine: Mapping[str, float] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
         """The scalar metrics logged per trial."""
@@ -181,4 +183,11 @@ class TrialResult:
             "latency_ms": self.latency_ms,
             "images": float(self.images),
             **{f"sim_{k}": float(v) for k, v in self.similarity.items()},
+            **{_cos_key(k): float(v) for k, v in self.output_cosine.items()},
         }
+
+
+def _cos_key(output: str) -> str:
+    from autoq.report.cosine import metric_name
+
+    return metric_name(output)

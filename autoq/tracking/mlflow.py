@@ -20,6 +20,7 @@ from autoq.plan import QuantConfig, TrialResult
 PARENT_ATTR = "mlflow_parent_run_id"
 RUN_ATTR = "mlflow_run_id"
 FAIL_ATTR = "fail_reason"  # on the Optuna trial: why it failed
+EXPERIMENT_KIND = "mlflow.experimentKind"
 
 
 def _quiet() -> None:
@@ -40,10 +41,13 @@ class Tracker:
         if exp is None:
             artifact_root.mkdir(parents=True, exist_ok=True)
             self.experiment_id = self.client.create_experiment(
-                experiment, artifact_location=artifact_root.resolve().as_uri()
+                experiment, artifact_location=artifact_root.resolve().as_uri(), tags={EXPERIMENT_KIND: "custom_model_development"}
             )
         else:
             self.experiment_id = exp.experiment_id
+            if EXPERIMENT_KIND not in (exp.tags or {}):
+                # MLflow 3 UI opens an experiment without this tag on its GenAI overview, not on the runs
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, "custom_model_development")
 
     @staticmethod
     def _now() -> int:
@@ -123,6 +127,32 @@ class Tracker:
         front = set(members)
         for run_id in all_runs:
             self.client.set_tag(run_id, "pareto", "true" if run_id in front else "false")
+
+    def update_pareto(self, parent_id: str, members: Iterable[str]) -> int:
+        """Makes tag ``pareto`` match ``members`` among the parent's trial runs, writing only the runs
+        whose membership changed (one search for the runs tagged true now); returns how many changed.
+        Exact across workers: it compares with what MLflow holds, not with what this process wrote."""
+        front = {m for m in members if m}
+        now: set[str] = set()
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id],
+                f"tags.pareto = 'true' and tags.`mlflow.parentRunId` = '{parent_id}'",
+                max_results=1000,
+                page_token=token,
+            )
+            now.update(r.info.run_id for r in page)
+            token = page.token
+            if not token:
+                break
+        changed = (front - now) | (now - front)
+        for run_id in sorted(changed):
+            self.client.set_tag(run_id, "pareto", "true" if run_id in front else "false")
+        return len(changed)
+
+    def log_dir(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(run_id, str(local_dir), artifact_path)
 
     def finish_parent(self, parent_id: str, *, metrics: Mapping[str, float], texts: Mapping[str, str]) -> None:
         from mlflow.entities import Metric

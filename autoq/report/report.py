@@ -1,0 +1,110 @@
+"""`autoq report`: the morning view of a finished (or running) study as one HTML file + Markdown.
+
+Sections: the Pareto front (table and plot), the per-node precision map of one trial (default:
+the front member with the lowest mAP drop), its per-class AP against the float model, and its
+latency broken down by segment (from the cost model, recomputed with ``project.latency``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from autoq.report.doc import Doc
+
+if TYPE_CHECKING:
+    from autoq.pipeline import Project
+
+__all__ = ["default_trial", "write_report"]
+
+
+def default_trial(study) -> int:
+    """The front member with the lowest drop (then the lowest latency)."""
+    from autoq.errors import SearchError
+
+    front = study.best_trials
+    if not front:
+        raise SearchError(f"study {study.study_name!r} has no completed trials yet; run `autoq search` first")
+    return min(front, key=lambda t: (t.values[0], t.values[1], t.number)).number
+
+
+def _trial_per_class_ap(project: Project, t, config, log) -> dict[str, float]:
+    """The trial's per-class AP: its MLflow artifact when there, else one evaluation."""
+    from autoq.search.study import make_tracker
+    from autoq.tracking.mlflow import RUN_ATTR
+
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    run_id = t.user_attrs.get(RUN_ATTR)
+    if run_id:
+        try:
+            client = make_tracker(project).client
+            with tempfile.TemporaryDirectory() as tmp:
+                path = client.download_artifacts(run_id, "per_class_ap.csv", tmp)
+                rows = list(csv.DictReader(io.StringIO(Path(path).read_text())))
+            return {r["class"]: float(r["ap"]) for r in rows}
+        except Exception:
+            pass
+    log(f"report: re-evaluating trial {t.number} for its per-class AP")
+    return dict(project.evaluate(config).per_class_ap)
+
+
+def write_report(project: Project, out: Path, *, trial: int | None = None, log: Callable[[str], None] = print):
+    """Writes ``out`` (HTML) and ``out.md``; returns both paths."""
+    from autoq.report.plots import pareto_png, trial_points
+    from autoq.search.study import get_trial, open_study, pareto_rows, trial_config
+
+    study = open_study(project, create=False)
+    number = default_trial(study) if trial is None else trial
+    t = get_trial(study, number)
+    config = trial_config(t)
+    base = project.baseline
+    names = project.quantizable_names
+    doc = Doc(f"autoq report: study {study.study_name}")
+    points = trial_points(study)
+    doc.p(f"model {project.config.model.path.name} (sha256 {project.model.sha256[:12]}), target {project.target.name}, "
+          f"{len(points)} completed trials, float {project.metric.name} {100 * base.map:.2f}"
+          + ("" if math.isnan(base.map50) else f" (AP50 {100 * base.map50:.2f})") + f" on {len(project.eval_set.metas)} images.")
+
+    doc.h2("Pareto front", "front")
+    rows = pareto_rows(study, names)
+    doc.table(["trial", "mAP", "drop (pt)", "latency_ms", "#int8", "#int16", "#float"],
+              [[r.trial, 100 * r.map, 100 * r.map_drop, f"{r.latency_ms:.3f}", r.int8, r.int16, r.float] for r in rows])
+    doc.png("pareto.png", pareto_png(points, title=f"study {study.study_name}"), "Pareto front")
+
+    cal = config.calibration
+    doc.h2(f"Trial {number}", "trial")
+    doc.p(f"drop {100 * t.values[0]:.2f} pt, {t.values[1]:.3f} ms; calibration {cal.method}"
+          + (f" {cal.percentile}" if cal.percentile else "") + f", {cal.granularity} weights; default {config.default.value}; "
+          + ", ".join(f"{k} {v}" for k, v in config.counts(names).items()) + " nodes.")
+
+    lat = project.latency(config)
+    doc.h3("Per-node precision map")
+    doc.table(["node", "op", "precision", "device", "segment", "ms"],
+              [[n, lat.op_types.get(n, project.model.node(n).op_type), config.precision_of(n).value,
+                lat.devices.get(n, ""), lat.segment_of.get(n, -1), f"{lat.per_node.get(n, 0.0):.4f}"] for n in names],
+              collapsed=f"{len(names)} quantizable nodes (click to expand)")
+
+    doc.h3("Per-class AP vs float")
+    trial_ap = _trial_per_class_ap(project, t, config, log)
+    if base.per_class_ap:
+        cls_rows = []
+        for c, f_ap in base.per_class_ap.items():
+            q = trial_ap.get(c, float("nan"))
+            cls_rows.append([c, 100 * f_ap, 100 * q, 100 * (q - f_ap)])
+        cls_rows.sort(key=lambda r: (math.isnan(r[3]), r[3]))
+        doc.p("Sorted by delta (worst first); AP in points.")
+        doc.table(["class", "float AP", f"trial {number} AP", "delta"], cls_rows)
+    else:
+        doc.p("The metric has no per-class AP.")
+
+    doc.h3("Latency breakdown by segment")
+    doc.table(["segment", "device", "nodes", "ms"], [[i, d, n, f"{ms:.4f}"] for i, (d, n, ms) in enumerate(lat.segments)])
+    doc.table(["part", "value"], [[k, f"{v:.4f}"] for k, v in lat.breakdown().items()])
+    return doc.write(out)
