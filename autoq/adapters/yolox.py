@@ -37,6 +37,8 @@ class YoloxAdapter:
         class_agnostic: one NMS over all classes instead of per class.
         multi_label: every class above the threshold makes a box (mmdet style) instead of only the
             best class per anchor point (the YOLOX reference evaluation).
+        decoded: the graph already decodes boxes (YOLOX export with ``decode_in_inference=True``):
+            x, y, w, h are the box centre and size in network-input pixels.
         input_size: network input (h, w); normally set by the caller through `with_input_size`.
 
     Example:
@@ -56,6 +58,7 @@ class YoloxAdapter:
         max_detections: int = 100,
         class_agnostic: bool = False,
         multi_label: bool = False,
+        decoded: bool = False,
         input_size: Sequence[int] | None = None,
     ) -> None:
         where = f"model.adapter_options for adapter {self.name}"
@@ -75,6 +78,7 @@ class YoloxAdapter:
         self.max_detections = int(max_detections)
         self.class_agnostic = bool(class_agnostic)
         self.multi_label = bool(multi_label)
+        self.decoded = bool(decoded)
         self.input_size = None if input_size is None else (int(input_size[0]), int(input_size[1]))
         self._grids: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -83,7 +87,7 @@ class YoloxAdapter:
             f"{type(self).__name__}(num_classes={self.num_classes}, strides={self.strides}, "
             f"score_threshold={self.score_threshold}, nms_iou={self.nms_iou}, "
             f"max_detections={self.max_detections}, class_agnostic={self.class_agnostic}, "
-            f"multi_label={self.multi_label}, input_size={self.input_size})"
+            f"multi_label={self.multi_label}, decoded={self.decoded}, input_size={self.input_size})"
         )
 
     def with_input_size(self, size: tuple[int, int]) -> YoloxAdapter:
@@ -143,10 +147,16 @@ class YoloxAdapter:
         """Raw batch -> (boxes xyxy in network pixels [B, N, 4], scores obj*cls [B, N, C])."""
         raw = self._check(outputs)
         grid, stride = self.grids(raw.shape[1])
-        cxy = (raw[..., 0:2] + grid) * stride
-        half = np.exp(raw[..., 2:4]) * (stride * 0.5)
-        boxes = np.concatenate([cxy - half, cxy + half], axis=-1)
-        return boxes, raw[..., 4:5] * raw[..., 5:]
+        return self._boxes(raw, grid, stride), raw[..., 4:5] * raw[..., 5:]
+
+    def _boxes(self, pred: np.ndarray, grid: np.ndarray, stride: np.ndarray) -> np.ndarray:
+        """xyxy boxes in network pixels from the first four channels of ``pred``."""
+        if self.decoded:
+            cxy, half = pred[..., 0:2], pred[..., 2:4] * 0.5
+        else:
+            cxy = (pred[..., 0:2] + grid) * stride
+            half = np.exp(pred[..., 2:4]) * (stride * 0.5)
+        return np.concatenate([cxy - half, cxy + half], axis=-1)
 
     def __call__(self, outputs: Sequence[np.ndarray], metas: Sequence[ImageMeta]) -> list[Detections]:
         raw = self._check(outputs)
@@ -170,11 +180,7 @@ class YoloxAdapter:
             if idx.size == 0:
                 result.append(Detections.empty())
                 continue
-            p = pred[idx]
-            s = stride[idx]
-            cxy = (p[:, 0:2] + grid[idx]) * s
-            half = np.exp(p[:, 2:4]) * (s * 0.5)
-            boxes = np.concatenate([cxy - half, cxy + half], axis=1)
+            boxes = self._boxes(pred[idx], grid[idx], stride[idx])
             keep = batched_nms(
                 boxes, scores, labels, self.nms_iou, class_agnostic=self.class_agnostic, max_keep=self.max_detections
             )
@@ -198,7 +204,8 @@ def _demo_num_classes() -> int:
 
 @ADAPTERS.register("demo")
 class DemoAdapter(YoloxAdapter):
-    """The shipped demo detector: YOLOX format, strides 8/16/32, classes of `autoq.demo.synthetic`."""
+    """The shipped demo detector: YOLOX format with the decode in the graph (``decode_in_inference``),
+    strides 8/16/32, classes of `autoq.demo.synthetic`."""
 
     name = "demo"
 
@@ -212,6 +219,7 @@ class DemoAdapter(YoloxAdapter):
         max_detections: int = 100,
         class_agnostic: bool = False,
         multi_label: bool = False,
+        decoded: bool = True,
         input_size: Sequence[int] | None = None,
     ) -> None:
         super().__init__(
@@ -222,5 +230,6 @@ class DemoAdapter(YoloxAdapter):
             max_detections=max_detections,
             class_agnostic=class_agnostic,
             multi_label=multi_label,
+            decoded=decoded,
             input_size=input_size,
         )

@@ -1,0 +1,1 @@
+"""Embedded demo: deterministic synthetic COCO-format shapes dataset and a small bundled ONNX detector."""
