@@ -66,7 +66,7 @@ def _print_front(project, study) -> None:
 
     base = project.baseline
     print(f"\nfloat mAP {100 * base.map:.2f} (AP50 {100 * base.map50:.2f}); Pareto front (mAP and drop in points):")
-    print(format_pareto(pareto_rows(study, project.quantizable_names)))
+    print(format_pareto(pareto_rows(study, project.quantizable_names, project)))
 
 
 def _print_mlflow_hint(project) -> None:
@@ -144,7 +144,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     project = _project(args)
     if args.pareto:
-        paths = export_pareto(project, fmt=args.format, out_dir=Path(args.output))
+        paths = export_pareto(project, fmt=args.format, out_dir=Path(args.output), log=_log)
     elif args.trial is not None:
         paths = export_trial(project, trial=args.trial, fmt=args.format, out=Path(args.output))
     else:
@@ -191,6 +191,17 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     html, md = run_diagnose(project, Path(args.output), images=args.images, sens_images=args.sens_images,
                             top=args.top, log=_log)
     print(f"wrote {html} and {md}")
+    return 0
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    from autoq.search.sensitivity import run_sensitivity, sensitivity_table, write_outputs
+
+    project = _project(args, log=_log)
+    sens = run_sensitivity(project, images=args.images, force=args.force, log=_log)
+    print(sensitivity_table(sens, top=args.top))
+    for path in write_outputs(sens, Path(args.output)):
+        print(f"wrote {path}")
     return 0
 
 
@@ -260,6 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=_positive_int, default=10, help="sensitive groups to report (default 10)")
     p.add_argument("-o", "--output", default="diagnose.html", help="HTML file (Markdown written next to it)")
     p.set_defaults(func=cmd_diagnose)
+
+    p = with_config(sub.add_parser("sensitivity", help="rank node groups by the damage of int8 (cached; runs before a search)"))
+    p.add_argument("--images", type=_positive_int, default=None, help="images of the sweep (default search.sensitivity_images)")
+    p.add_argument("--top", type=_positive_int, default=20, help="units to print (default 20)")
+    p.add_argument("--force", action="store_true", help="recompute even when cached")
+    p.add_argument("-o", "--output", default="sensitivity.csv", help="CSV file (ranked bar chart PNG written next to it)")
+    p.set_defaults(func=cmd_sensitivity)
 
     from autoq.surrogates.cli import add_cost_model_parser
 

@@ -86,6 +86,10 @@ class SpaceSection:
     percentiles: tuple[float, ...] = (99.99, 99.999)  # searched when methods has "percentile"
     resolutions: tuple[tuple[int, int], ...] = ()  # [[416, 416], [320, 320]]: searched; () = the model's own
     rewrites: tuple[tuple[str, ...], ...] = ()  # [[silu_to_hardswish]]: rewrite sets searched beside the original
+    # own parameter for the K most sensitive units (node groups, see autoq.search.sensitivity); the rest share
+    # one parameter per sensitivity band. 0 = one parameter per node (no grouping, the pre-sensitivity space)
+    per_node_top_k: int = 12
+    bands: int = 3
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,16 @@ class SearchSection:
     study_name: str = "autoq"
     storage: str | None = None  # default: sqlite in <project>/.autoq/study.db
     heartbeat_seconds: int = 10  # a trial silent for 3x this is failed (its worker died) and retried once
+    sampler: str = "auto"  # auto | tpe | nsga2 | random | gp
+    seeds: tuple[Path, ...] = ()  # QuantConfig YAML files (as logged in MLflow) enqueued as first trials
+    max_map_drop: float | None = None  # points (0..100): constraint on map_drop
+    max_latency_ms: float | None = None  # constraint on latency_ms
+    sensitivity: bool = True  # sensitivity sweep before the search (cached): grouped space, knapsack seeds, surrogate
+    sensitivity_images: int = 8  # images of the sweep
+    knapsack_seeds: int = 4  # knapsack candidates enqueued (a sweep of predicted-drop bounds)
+    screen: bool = True  # skip sampler proposals the drop surrogate + cost model call dominated
+    early_stop_images: int = -1  # first evaluate on this many images; -1 = auto (1/4, >= 16), 0 = off
+    early_stop_margin: float = 2.0  # points above max_map_drop on the subset that stop a trial
 
 
 @dataclass(frozen=True)
@@ -300,6 +314,20 @@ def _validate(cfg: ProjectConfig) -> None:
     must(cfg.search.heartbeat_seconds > 0, "search.heartbeat_seconds", "must be > 0")
     if cfg.search.timeout is not None:
         must(cfg.search.timeout > 0, "search.timeout", "must be > 0 seconds")
+    samplers = ("auto", "tpe", "nsga2", "random", "gp")
+    must(cfg.search.sampler in samplers, "search.sampler", f"must be one of {', '.join(samplers)}")
+    for i, seed in enumerate(cfg.search.seeds):
+        must(seed.is_file(), f"search.seeds[{i}]", f"file not found: {seed}; give a quant_config.yaml (MLflow artifact)")
+    if cfg.search.max_map_drop is not None:
+        must(0 < cfg.search.max_map_drop <= 100, "search.max_map_drop", "must be in (0, 100] points, e.g. 1.0")
+    if cfg.search.max_latency_ms is not None:
+        must(cfg.search.max_latency_ms > 0, "search.max_latency_ms", "must be > 0")
+    must(cfg.space.per_node_top_k >= 0, "space.per_node_top_k", "must be >= 0 (0 = one parameter per node)")
+    must(cfg.space.bands >= 1, "space.bands", "must be >= 1")
+    must(cfg.search.sensitivity_images > 0, "search.sensitivity_images", "must be > 0")
+    must(cfg.search.knapsack_seeds >= 0, "search.knapsack_seeds", "must be >= 0")
+    must(cfg.search.early_stop_images >= -1, "search.early_stop_images", "must be -1 (auto), 0 (off) or > 0")
+    must(cfg.search.early_stop_margin >= 0, "search.early_stop_margin", "must be >= 0 points")
 
 
 def _validate_variants(cfg: ProjectConfig, must) -> None:
@@ -397,6 +425,8 @@ space:
   percentiles: [99.99, 99.999]                # tried when methods has percentile
   # resolutions: [[416, 416], [320, 320]]     # input sizes searched (default: the model's own)
   # rewrites: [[silu_to_hardswish]]           # op-replacement sets searched beside the original
+  per_node_top_k: 12                          # own parameter for the 12 most sensitive node groups
+  bands: 3                                    # the other groups: one parameter per sensitivity band
 
 search:
   budget: 30            # trials in the study (a rerun continues up to this number)
@@ -404,6 +434,10 @@ search:
   seed: 0
   study_name: autoq
   # storage: sqlite:///path/to/study.db   # default: .autoq/study.db next to this file
+  sampler: auto         # auto | tpe | nsga2 | random | gp
+  # max_map_drop: 1.0   # constraint, in points
+  # max_latency_ms: 5.0 # constraint
+  # seeds: [good_config.yaml]               # QuantConfig YAMLs (MLflow quant_config.yaml) tried first
 
 tracking:
   # uri: sqlite:///path/to/mlflow.db      # default: mlflow.db next to this file

@@ -359,10 +359,18 @@ class Project:
             est = dataclasses.replace(est, total_ms=m.median_ms, source="measured", estimated_ms=est.total_ms)
         return est
 
-    def evaluate(self, config: QuantConfig) -> TrialResult:
-        """One trial: QDQ build, one pass over the eval images, the objective metric, latency estimate."""
+    def evaluate(self, config: QuantConfig, *, images: int = 0) -> TrialResult:
+        """One trial: QDQ build, one pass over the eval images, the objective metric, latency estimate.
+
+        ``images`` > 0 (and fewer than the eval set): only the first ``images`` images, with ``map_drop``
+        against the float model on the same images and ``partial=True`` (the search's early stop).
+        """
         from autoq.objectives.metrics import drop
 
+        if 0 < images < len(self.eval_set.metas):
+            import dataclasses
+
+            return dataclasses.replace(self.subset(images).evaluate(config), partial=True)
         state = self.variant(config.resolution, config.variant)
         if state is not self:  # another resolution / variant: its own graph, data, statistics, baseline
             return state.evaluate(state.config_for(config))
@@ -407,6 +415,35 @@ class Project:
             similarity=dict(metrics.extra),
             output_cosine=cosine,
         )
+
+
+    def subset(self, images: int) -> Project:
+        """This project on its first ``images`` eval images (own float baseline on them; kept for the
+        project's life). Only the original model: a trial of another resolution/variant is evaluated in full."""
+        cache = self.__dict__.setdefault("_subsets", {})
+        if images not in cache:
+            cache[images] = SubsetState(self, images)
+        return cache[images]
+
+
+class SubsetState(Project):
+    """`Project.subset`: the same model, statistics and settings, the first ``images`` eval images."""
+
+    def __init__(self, parent: Project, images: int) -> None:
+        from autoq.data.coco import subset_eval_set
+
+        super().__init__(parent.config, log=parent.log)
+        self.parent = parent
+        for name in ("model", "input_size", "preprocess", "adapter", "metric", "target", "stats", "session_settings"):
+            self.__dict__[name] = getattr(parent, name)
+        self.__dict__["eval_set"] = subset_eval_set(parent.eval_set, images)
+        self.__dict__["quantizable_names"] = parent.quantizable_names
+
+    def variant(self, resolution: tuple[int, int] | None = None, variant: str = "") -> Project:
+        size = tuple(int(x) for x in resolution) if resolution else self.input_size
+        if size == tuple(self.input_size) and not variant:
+            return self
+        raise ConfigError("a subset evaluation runs the original model only (no resolution/variant)")
 
 
 class VariantState(Project):

@@ -413,5 +413,21 @@ def test_export_pareto_writes_one_folder_per_front_trial(tmp_path: Path, monkeyp
         "trial_2/yolox-nano_trial2_trtexec.sh", "trial_1/yolox-nano_trial1_trtexec.sh",
         "trial_0/yolox-nano_trial0_trtexec.sh"]  # by latency; trial 3 is dominated
     assert read_tensorrt(files[1])[0] == listed(FLOAT_ONLY)
-    with pytest.raises(ExportError, match=r"Pareto trial 0: vamc has no int16"):
-        run.export_pareto(object(), fmt="vastai", out_dir=tmp_path / "v")
+    said: list[str] = []
+    files = run.export_pareto(object(), fmt="vastai", out_dir=tmp_path / "v", log=said.append)
+    assert sorted(p.parent.name for p in files) == ["trial_1", "trial_2"]  # trial 0 has int16 nodes
+    assert len(said) == 1 and "trial 0" in said[0] and "vamc has no int16" in said[0]
+    assert not (tmp_path / "v" / "trial_0").exists()
+
+
+def test_export_pareto_fails_when_no_front_trial_fits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    optuna = pytest.importorskip("optuna")
+    import autoq.export.run as run
+    import autoq.search.study as study_mod
+
+    study = optuna.create_study(study_name="m", directions=["minimize", "minimize"])
+    study.add_trial(optuna.trial.create_trial(values=[0.0, 1.0], user_attrs={study_mod.CONFIG_ATTR: MIXED.to_dict()}))
+    monkeypatch.setattr(study_mod, "open_study", lambda project, create=True: study)
+    monkeypatch.setattr(run, "trial_context", lambda project, s, t: ctx_for(study_mod.trial_config(t)))
+    with pytest.raises(ExportError, match=r"no Pareto trial can be written as vastai: trial 0: vamc has no int16"):
+        run.export_pareto(object(), fmt="vastai", out_dir=tmp_path / "v", log=lambda _m: None)

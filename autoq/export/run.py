@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from autoq.pipeline import Project, model_file_for_export
@@ -47,28 +48,37 @@ def export_trial(project: Project, *, trial: int, fmt: str, out: Path, **options
     return export_config(trial_context(project, study, t), fmt, out, **options)
 
 
-def export_pareto(project: Project, *, fmt: str, out_dir: Path, **options) -> list[Path]:
+def export_pareto(
+    project: Project, *, fmt: str, out_dir: Path, log: Callable[[str], None] = print, **options
+) -> list[Path]:
     """Writes one export per Pareto-front trial, each in ``out_dir/trial_<N>/``; returns all files.
 
-    Trials are taken from ``study.best_trials`` (completed, non-dominated on (map_drop, latency_ms))
-    in order of latency. A format that refuses one trial (e.g. int16 on vastai) stops the export
-    with that trial's ``ExportError``, so the front is never exported half silently.
+    Trials are taken from `front_trials` (completed, feasible, non-dominated on (map_drop, latency_ms))
+    in order of latency. A trial the format cannot express (e.g. int16 nodes for vastai) is skipped
+    with one line saying why; if no front member can be written, that is an ``ExportError``.
     """
     from autoq.errors import ExportError, SearchError
     from autoq.export import export_config
-    from autoq.search.study import open_study
+    from autoq.search.study import front_trials, open_study
 
     study = open_study(project, create=False)
-    front = sorted(study.best_trials, key=lambda t: (t.values[1], t.values[0], t.number))
+    front = sorted(front_trials(study, project), key=lambda t: (t.values[1], t.values[0], t.number))
     if not front:
         raise SearchError(f"study {study.study_name!r} has no completed trials yet; run `autoq search` first")
     out_dir = Path(out_dir)
     files: list[Path] = []
+    skipped: list[str] = []
     for t in front:
         sub = out_dir / f"trial_{t.number}"
-        sub.mkdir(parents=True, exist_ok=True)
         try:
-            files.extend(export_config(trial_context(project, study, t), fmt, sub, **options))
+            ctx = trial_context(project, study, t)
+            sub.mkdir(parents=True, exist_ok=True)
+            files.extend(export_config(ctx, fmt, sub, **options))
         except ExportError as exc:
-            raise ExportError(f"Pareto trial {t.number}: {exc}") from None
+            if sub.is_dir() and not any(sub.iterdir()):
+                sub.rmdir()
+            skipped.append(f"trial {t.number}: {exc}")
+            log(f"skipped Pareto trial {t.number} for format {fmt}: {exc}")
+    if not files:
+        raise ExportError(f"no Pareto trial can be written as {fmt}: " + "; ".join(skipped)[:1500])
     return files

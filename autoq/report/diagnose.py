@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from autoq.report.doc import Doc
+from autoq.search.sensitivity import GROUP_START_OPS, node_groups, sweep  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     from autoq.pipeline import Project
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 __all__ = ["node_groups", "nv12_roundtrip", "run_diagnose"]
 
 Log = Callable[[str], None]
-GROUP_START_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 
 def nv12_roundtrip(image: np.ndarray, color: str = "bgr") -> np.ndarray:
@@ -59,23 +59,6 @@ def nv12_roundtrip(image: np.ndarray, color: str = "bgr") -> np.ndarray:
     nv12 = np.concatenate([y, uv]).reshape(hh * 3 // 2, ww)
     back = cv2.cvtColor(nv12, cv2.COLOR_YUV2BGR_NV12)[:h, :w]
     return np.ascontiguousarray(cv2.cvtColor(back, cv2.COLOR_BGR2RGB) if color == "rgb" else back)
-
-
-def node_groups(project: Project) -> list[tuple[str, tuple[str, ...]]]:
-    """Quantizable nodes in graph order, cut before every Conv/Gemm/MatMul: [(group name, nodes)].
-    Nodes before the first such op join the first group; the name is the group's leading node."""
-    groups: list[list[str]] = []
-    for n in project.model.quantizable():
-        if not groups or (n.op_type in GROUP_START_OPS and any(
-                project.model.node(m).op_type in GROUP_START_OPS for m in groups[-1])):
-            groups.append([n.name])
-        else:
-            groups[-1].append(n.name)
-    out = []
-    for g in groups:
-        lead = next((m for m in g if project.model.node(m).op_type in GROUP_START_OPS), g[0])
-        out.append((lead, tuple(g)))
-    return out
 
 
 class _Progress:
@@ -196,16 +179,10 @@ def run_diagnose(
     base_cfg = QuantConfig.uniform(Precision.INT8, calibration=cal)
     base_cos = _mean_cos(ref_s, r.outputs(r.build(base_cfg), sens))
     prog.step(f"all-int8 output cosine on {sens_n} images: {base_cos:.4f}")
-    ranked = []
-    for i, (gname, members) in enumerate(groups):
-        c = QuantConfig(default=Precision.INT8, calibration=cal, nodes={m: Precision.INT16 for m in members})
-        try:
-            cos = _mean_cos(ref_s, r.outputs(r.build(c), sens))
-        except Exception as exc:  # one odd group must not stop the checklist
-            log(f"diagnose: group {gname}: {type(exc).__name__}: {exc}")
-            cos = float("nan")
-        ranked.append((i, gname, members, cos))
-        prog.step(f"group {i + 1}/{len(groups)} {gname} in int16: cosine {cos:.4f}")
+    scores = sweep(project, groups, base=Precision.INT8, probe=Precision.INT16, calibration=cal, images=sens,
+                   reference=ref_s, step=lambda i, g, c: prog.step(f"group {i + 1}/{len(groups)} {g} in int16: cosine {c:.4f}"),
+                   log=lambda m: log(m.replace("sensitivity:", "diagnose:")))
+    ranked = [(i, gname, members, cos) for i, ((gname, members), (cos, _)) in enumerate(zip(groups, scores))]
     ranked.sort(key=lambda x: -(x[3] if not math.isnan(x[3]) else -9))
 
     def with_fallback(group_list) -> QuantConfig:

@@ -83,7 +83,7 @@ def log_study_views(project: Project, study, tracker: Tracker, parent: str, rows
             client.log_text(parent, "\n".join(lines) + "\n", "float_per_class_ap.csv")
 
     def plots() -> None:
-        points = trial_points(study)
+        points = trial_points(study, project)
         title = f"study {study.study_name}: {len(points)} trials, front {sum(p.front for p in points)}"
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "pareto.png").write_bytes(pareto_png(points, title=title))

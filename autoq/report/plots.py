@@ -26,11 +26,13 @@ class TrialPoint:
     front: bool
 
 
-def trial_points(study) -> list[TrialPoint]:
-    """Every completed trial of ``study`` with its front membership (``study.best_trials``)."""
+def trial_points(study, project=None) -> list[TrialPoint]:
+    """Every completed trial of ``study`` with its front membership (`autoq.search.study.front_trials`)."""
     from optuna.trial import TrialState
 
-    front = {t.number for t in study.best_trials}
+    from autoq.search.study import front_trials
+
+    front = {t.number for t in front_trials(study, project)}
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if t.values is None or len(t.values) < 2:

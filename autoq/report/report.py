@@ -27,7 +27,9 @@ def default_trial(study) -> int:
     """The front member with the lowest drop (then the lowest latency)."""
     from autoq.errors import SearchError
 
-    front = study.best_trials
+    from autoq.search.study import front_trials
+
+    front = front_trials(study)
     if not front:
         raise SearchError(f"study {study.study_name!r} has no completed trials yet; run `autoq search` first")
     return min(front, key=lambda t: (t.values[0], t.values[1], t.number)).number
@@ -67,13 +69,13 @@ def write_report(project: Project, out: Path, *, trial: int | None = None, log: 
     base = project.baseline
     names = project.quantizable_names
     doc = Doc(f"autoq report: study {study.study_name}")
-    points = trial_points(study)
+    points = trial_points(study, project)
     doc.p(f"model {project.config.model.path.name} (sha256 {project.model.sha256[:12]}), target {project.target.name}, "
           f"{len(points)} completed trials, float {project.metric.name} {100 * base.map:.2f}"
           + ("" if math.isnan(base.map50) else f" (AP50 {100 * base.map50:.2f})") + f" on {len(project.eval_set.metas)} images.")
 
     doc.h2("Pareto front", "front")
-    rows = pareto_rows(study, names)
+    rows = pareto_rows(study, names, project)
     doc.table(["trial", "mAP", "drop (pt)", "latency_ms", "#int8", "#int16", "#float"],
               [[r.trial, 100 * r.map, 100 * r.map_drop, f"{r.latency_ms:.3f}", r.int8, r.int16, r.float] for r in rows])
     doc.png("pareto.png", pareto_png(points, title=f"study {study.study_name}"), "Pareto front")

@@ -1,19 +1,33 @@
 """QuantConfig <-> Optuna trial parameters.
 
-One categorical parameter per quantizable node (``node:<name>``) over the precisions the target
-and ``space.precisions`` allow, plus the calibration granularity and range method. A later issue
-groups nodes by sensitivity; the mapping stays in this module.
+Two layouts (`SpaceLayout`):
+
+- ``per_node``: one categorical parameter per quantizable node (``node:<name>``) over the precisions the
+  target and ``space.precisions`` allow (``space.per_node_top_k: 0``, and studies created before grouping);
+- ``grouped``: one parameter ``unit:<name>`` for each of the ``space.per_node_top_k`` most sensitive units
+  (node groups whose precisions must agree, `autoq.search.sensitivity.node_units`) and one ``band:<i>``
+  per sensitivity band of the other units (band 1 = the most sensitive of them).
+
+Plus the calibration granularity and range method (and percentile, resolution, variant when searched).
+`params_of` maps a QuantConfig back onto the layout; on a grouped layout a parameter takes the most
+common precision of its member nodes, so a config that mixes precisions inside a unit is rounded (the
+search enqueues such seeds with the exact config attached, see `autoq.search.study`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from autoq.plan import Calibration, Precision, QuantConfig
 
 NODE_PREFIX = "node:"
+UNIT_PREFIX = "unit:"
+BAND_PREFIX = "band:"
 GRANULARITY = "granularity"
 METHOD = "method"
 PERCENTILE = "percentile"  # only suggested when method == "percentile" (a conditional parameter)
@@ -81,3 +95,101 @@ def params_of(
         p = config.calibration.percentile
         params[PERCENTILE] = float(DEFAULT_PERCENTILE if p is None else p)
     return params
+
+
+@dataclass(frozen=True)
+class SpaceLayout:
+    """How node precisions map onto trial parameters: ``params`` = ((parameter name, member nodes), ...)."""
+
+    kind: str  # "per_node" | "grouped"
+    params: tuple[tuple[str, tuple[str, ...]], ...]
+
+    @classmethod
+    def per_node(cls, node_names: Sequence[str]) -> SpaceLayout:
+        return cls("per_node", tuple((NODE_PREFIX + n, (n,)) for n in node_names))
+
+    @classmethod
+    def grouped(cls, ranked_units: Sequence[tuple[str, Sequence[str]]], top_k: int, bands: int) -> SpaceLayout:
+        """``ranked_units``: (unit name, nodes), most sensitive first. The first ``top_k`` get their own
+        parameter; the rest are split in graph-independent rank order into ``bands`` bands of equal count."""
+        top = [(UNIT_PREFIX + name, tuple(nodes)) for name, nodes in ranked_units[:top_k]]
+        rest = list(ranked_units[top_k:])
+        out = list(top)
+        nb = min(bands, len(rest))
+        for b in range(nb):
+            lo, hi = b * len(rest) // nb, (b + 1) * len(rest) // nb
+            members = tuple(m for _, nodes in rest[lo:hi] for m in nodes)
+            if members:
+                out.append((f"{BAND_PREFIX}{b + 1}", members))
+        return cls("grouped", tuple(out))
+
+    @property
+    def signature(self) -> str:
+        return hashlib.sha256(json.dumps([self.kind, self.params]).encode()).hexdigest()[:16]
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": self.kind, "params": [[k, list(v)] for k, v in self.params]})
+
+    @classmethod
+    def from_json(cls, text: str) -> SpaceLayout:
+        d = json.loads(text)
+        return cls(d["kind"], tuple((k, tuple(v)) for k, v in d["params"]))
+
+    def precision_params(self, config) -> dict[str, str]:
+        """The precision parameter values that reproduce ``config`` (most common precision per parameter)."""
+        out = {}
+        for name, members in self.params:
+            counts = Counter(config.precision_of(m).value for m in members)
+            out[name] = counts.most_common(1)[0][0] if counts else config.default.value
+        return out
+
+    def config_nodes(self, values: Mapping[str, str]) -> dict[str, str]:
+        """Node -> precision for parameter ``values`` (one entry per parameter)."""
+        return {m: values[name] for name, members in self.params for m in members}
+
+
+def suggest_layout_config(
+    trial: Any,
+    layout: SpaceLayout,
+    precisions: Sequence[Precision],
+    granularities: Sequence[str],
+    methods: Sequence[str],
+    percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+    *,
+    resolutions: Sequence[str] = (),
+    variants: Sequence[str] = (),
+) -> QuantConfig:
+    """`suggest_config` over a `SpaceLayout` (the per-node layout asks exactly what `suggest_config` asks)."""
+    if layout.kind == "per_node":
+        names = [members[0] for _, members in layout.params]
+        return suggest_config(trial, names, precisions, granularities, methods, percentiles,
+                              resolutions=resolutions, variants=variants)
+    resolution = None
+    if resolutions:
+        from autoq.model.resolution import parse_resolution
+
+        resolution = parse_resolution(trial.suggest_categorical(RESOLUTION, list(resolutions)))
+    variant = str(trial.suggest_categorical(VARIANT, list(variants))) if variants else ""
+    choices = [p.value for p in precisions]
+    values = {name: trial.suggest_categorical(name, choices) for name, _ in layout.params}
+    granularity = trial.suggest_categorical(GRANULARITY, list(granularities))
+    method = trial.suggest_categorical(METHOD, list(methods))
+    percentile = None
+    if method == "percentile":
+        percentile = float(trial.suggest_categorical(PERCENTILE, [float(p) for p in percentiles]))
+    calibration = Calibration(granularity=granularity, method=method, percentile=percentile)
+    assignment = layout.config_nodes(values)
+    default = Counter(assignment.values()).most_common(1)[0][0] if assignment else choices[0]
+    return QuantConfig(resolution=resolution, variant=variant, calibration=calibration, default=Precision(default),
+                       nodes=assignment)
+
+
+def layout_params_of(
+    config: QuantConfig, layout: SpaceLayout, *, resolutions: Sequence[str] = (), variants: Sequence[str] = ()
+) -> dict[str, Any]:
+    """`params_of` over a `SpaceLayout` (identical to `params_of` for the per-node layout)."""
+    if layout.kind == "per_node":
+        return params_of(config, [m[0] for _, m in layout.params], resolutions=resolutions, variants=variants)
+    params: dict[str, Any] = dict(layout.precision_params(config))
+    base = params_of(config, [], resolutions=resolutions, variants=variants)
+    return {**params, **base}

@@ -91,7 +91,9 @@ class Tracker:
             metrics.update(result.metrics())
             metrics.update({f"latency.{k}": float(v) for k, v in result.latency_breakdown.items()})
             metrics.update({f"seconds.{k}": float(v) for k, v in result.seconds.items()})
-        tags = [RunTag("state", "failed" if failure else "complete")]
+        partial = result is not None and result.partial
+        tags = [RunTag("state", "failed" if failure else ("pruned" if partial else "complete")),
+                RunTag("partial", "true" if partial else "false")]
         if failure:
             tags.append(RunTag("failure_reason", failure[:5000]))
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()], tags=tags)
