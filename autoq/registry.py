@@ -8,7 +8,8 @@ the known ones.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator
+import inspect
+from collections.abc import Callable, Collection, Iterator
 from typing import Generic, TypeVar
 
 from autoq.errors import ConfigError
@@ -92,3 +93,17 @@ class Registry(Generic[T]):
         raise ConfigError(
             f"{where}unknown {self.kind} {name!r}; known: {known}, or give your own as package.module:attribute"
         )
+
+
+def accepted_options(obj: object, *, skip: Collection[str] = ()) -> str:
+    """The keyword options a plugin class or function takes, for "accepted options: ..." errors."""
+    try:
+        params = inspect.signature(obj).parameters.values()  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "(unknown)"
+    names = [
+        p.name
+        for p in params
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in ("self", *skip)
+    ]
+    return ", ".join(names) or "(none)"

@@ -22,24 +22,13 @@ from typing import Any
 
 from autoq.adapters.base import Adapter, Detections, ImageMeta
 from autoq.errors import ConfigError
-from autoq.registry import Registry
+from autoq.registry import Registry, accepted_options
+
+_CALL_ARGS = ("outputs", "metas")  # call arguments, not options
 
 __all__ = ["ADAPTERS", "Adapter", "Detections", "ImageMeta", "bind_input_size", "bind_output_names", "load_adapter"]
 
 ADAPTERS: Registry[Any] = Registry("adapter", builtins_module="autoq.adapters.builtins")
-
-
-def _accepted(obj: Any) -> str:
-    try:
-        params = inspect.signature(obj).parameters.values()
-    except (TypeError, ValueError):
-        return "(unknown)"
-    names = [
-        p.name
-        for p in params
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in ("self", "outputs", "metas")
-    ]
-    return ", ".join(names) or "(none)"
 
 
 def load_adapter(spec: str, options: Mapping[str, Any] | None = None, *, key: str = "model.adapter") -> Adapter:
@@ -57,7 +46,7 @@ def load_adapter(spec: str, options: Mapping[str, Any] | None = None, *, key: st
             inspect.signature(obj).bind_partial(**options)
         except TypeError as exc:
             raise ConfigError(
-                f"{key}_options: {exc} for adapter {spec!r}; accepted options: {_accepted(obj)}"
+                f"{key}_options: {exc} for adapter {spec!r}; accepted options: {accepted_options(obj, skip=_CALL_ARGS)}"
             ) from None
         except ValueError:  # no signature available (builtin); let the constructor decide
             pass
@@ -65,7 +54,7 @@ def load_adapter(spec: str, options: Mapping[str, Any] | None = None, *, key: st
             return obj(**options)
         except TypeError as exc:
             raise ConfigError(
-                f"{key}_options: {exc} for adapter {spec!r}; accepted options: {_accepted(obj)}"
+                f"{key}_options: {exc} for adapter {spec!r}; accepted options: {accepted_options(obj, skip=_CALL_ARGS)}"
             ) from None
     if not callable(obj):
         raise ConfigError(f"{key}: {spec!r} is not callable; an adapter is a class or a function (outputs, metas)")
@@ -74,7 +63,7 @@ def load_adapter(spec: str, options: Mapping[str, Any] | None = None, *, key: st
     try:
         inspect.signature(obj).bind_partial(None, None, **options)
     except TypeError as exc:
-        raise ConfigError(f"{key}_options: {exc} for adapter {spec!r}; accepted options: {_accepted(obj)}") from None
+        raise ConfigError(f"{key}_options: {exc} for adapter {spec!r}; accepted options: {accepted_options(obj, skip=_CALL_ARGS)}") from None
     except ValueError:
         pass
     return functools.partial(obj, **options)

@@ -32,7 +32,9 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 
 from autoq.errors import ConfigError
-from autoq.registry import Registry
+from autoq.registry import Registry, accepted_options
+
+_CALL_ARGS = ("outputs", "context")  # call arguments, not options
 
 if TYPE_CHECKING:
     from autoq.adapters.base import Adapter, Detections
@@ -162,19 +164,6 @@ def drop(baseline: float, value: float, *, higher_is_better: bool = True) -> flo
     return baseline - value if higher_is_better else value - baseline
 
 
-def _accepted(obj: Any) -> str:
-    try:
-        params = inspect.signature(obj).parameters.values()
-    except (TypeError, ValueError):
-        return "(unknown)"
-    names = [
-        p.name
-        for p in params
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in ("self", "outputs", "context")
-    ]
-    return ", ".join(names) or "(none)"
-
-
 def load_metric(spec: str, options: Mapping[str, Any] | None = None, *, key: str = "objective.metric") -> LoadedMetric:
     """The metric named ``spec`` (built-in or ``package.module:attribute``) with ``options`` bound.
 
@@ -190,7 +179,7 @@ def load_metric(spec: str, options: Mapping[str, Any] | None = None, *, key: str
             inspect.signature(obj).bind_partial(**options)
             instance = obj(**options)
         except TypeError as exc:
-            raise ConfigError(f"{bad}: {exc} for metric {spec!r}; accepted options: {_accepted(obj)}") from None
+            raise ConfigError(f"{bad}: {exc} for metric {spec!r}; accepted options: {accepted_options(obj, skip=_CALL_ARGS)}") from None
         fn: Any = instance
         source: Any = instance
     elif callable(obj):
@@ -198,7 +187,7 @@ def load_metric(spec: str, options: Mapping[str, Any] | None = None, *, key: str
             try:
                 inspect.signature(obj).bind_partial(None, None, **options)
             except TypeError as exc:
-                raise ConfigError(f"{bad}: {exc} for metric {spec!r}; accepted options: {_accepted(obj)}") from None
+                raise ConfigError(f"{bad}: {exc} for metric {spec!r}; accepted options: {accepted_options(obj, skip=_CALL_ARGS)}") from None
             except ValueError:
                 pass
         fn = functools.partial(obj, **options) if options else obj
