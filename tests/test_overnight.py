@@ -57,22 +57,23 @@ def test_failing_trials_are_isolated_and_reported_once(tmp_path, monkeypatch):
 def test_kill_9_then_rerun_continues_without_duplicates(tmp_path):
     from optuna.trial import TrialState
 
-    cfg = make_tiny_project(tmp_path, n_eval=30)
+    cfg = make_tiny_project(tmp_path, n_eval=150)  # trials of a second or more: the kill lands mid-trial
     cmd = [sys.executable, "-m", "autoq", "search", "-c", str(cfg), "--budget", "8"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     project = Project(load_config(cfg))
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        time.sleep(0.5)
-        try:
-            study = open_study(project, create=False)
-        except Exception:
-            continue
-        states = [t.state for t in study.trials]
-        if states.count(TrialState.COMPLETE) >= 3 and TrialState.RUNNING in states:
-            break
+    deadline, study, caught = time.time() + 180, None, False
+    while time.time() < deadline and proc.poll() is None and not caught:
+        time.sleep(0.2)
+        if study is None:
+            try:
+                study = open_study(project, create=False)
+            except Exception:
+                continue
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        caught = states.count(TrialState.COMPLETE) >= 3 and TrialState.RUNNING in states
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert caught, "the search finished before a trial could be killed mid-run"
     time.sleep(3.5)  # > 3 x heartbeat: the RUNNING trial is now stale
     assert subprocess.run(cmd, capture_output=True).returncode == 0
 
