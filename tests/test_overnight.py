@@ -101,6 +101,34 @@ def test_two_workers_fill_the_budget_exactly(tmp_path):
     assert len(_child_runs(tmp_path)) == 7
 
 
+_POP_ALL = """
+import sys, optuna
+from autoq.search.study import _storage
+study = optuna.load_study(study_name="q", storage=_storage(sys.argv[1], 60))
+got = []
+while (tid := study._pop_waiting_trial_id()) is not None:
+    got.append(tid)
+print(" ".join(map(str, got)))
+"""
+
+
+def test_sqlite_queue_hands_each_waiting_trial_to_one_worker(tmp_path):
+    """Without BEGIN IMMEDIATE, pysqlite lets two processes pop the same queued trial (optuna#4002)."""
+    import optuna
+
+    from autoq.search.study import _storage
+
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    study = optuna.create_study(study_name="q", storage=_storage(url, 60))
+    for i in range(150):
+        study.enqueue_trial({"x": i})
+    procs = [subprocess.Popen([sys.executable, "-c", _POP_ALL, url], stdout=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    popped = [int(x) for p in procs for x in p.communicate(timeout=300)[0].split()]
+    assert all(p.returncode == 0 for p in procs)
+    assert sorted(popped) == sorted(t._trial_id for t in study.get_trials())
+
+
 def test_same_seed_same_first_trials(tmp_path):
     def configs(d: Path) -> list:
         study = run_search(Project(load_config(make_tiny_project(d))), budget=10, log=lambda _m: None)

@@ -86,7 +86,7 @@ def _storage(url: str, heartbeat: int):
         if url.startswith("sqlite:"):
             kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
         try:
-            return RDBStorage(
+            storage = RDBStorage(
                 url,
                 heartbeat_interval=heartbeat,
                 grace_period=3 * heartbeat,
@@ -95,7 +95,30 @@ def _storage(url: str, heartbeat: int):
             )
         except Exception as exc:  # unreachable server, bad credentials, missing driver
             raise SearchError(f"cannot open study storage {redact(url)}: {type(exc).__name__}: {exc}") from None
+        if url.startswith("sqlite:"):
+            _serialize_sqlite(storage.engine)
+        return storage
     return optuna.storages.get_storage(url)
+
+
+def _serialize_sqlite(engine) -> None:
+    """Makes every SQLite transaction take the write lock at BEGIN (``BEGIN IMMEDIATE``).
+
+    pysqlite only locks at the first write, so two workers can both read a queued trial as
+    WAITING and both run it (optuna#4002; `tests/test_overnight.py` reproduces it). Taking
+    the lock up front makes Optuna's read-check-update of a trial's state atomic.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None  # let the "begin" hook below issue BEGIN
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened while creating the tables predate the hooks
 
 
 def _constraints_func(trial) -> list[float]:
