@@ -216,3 +216,25 @@ def test_indexed_build_is_byte_identical_to_ort(setup):
         ranges = activation_ranges(stats, cfg.calibration, int16_tensors=config_int16_tensors(model, cfg))
         fast = build_qdq(model, cfg, ranges).SerializeToString()
         assert fast == build_qdq(model, cfg, ranges, indexed=False).SerializeToString()
+
+
+def test_indexed_build_is_byte_identical_on_the_demo_detector(tmp_path):
+    """The same on a real detector graph (Conv weights and biases, SiLU, decode): every config kind."""
+    from pathlib import Path
+
+    import autoq.demo
+
+    model = load_model(Path(autoq.demo.__file__).parent / "detector.onnx")
+    h, w = model.input_shape[2:]
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, 256, (1, 3, h, w)).astype(np.float32) for _ in range(2)]
+    stats = collect_stats(model, batches, cache_dir=None, key="demo")
+    names = [n.name for n in model.quantizable()]
+    mixed = {n: ("int16", "float", "int8")[i % 3] for i, n in enumerate(names)}
+    for cfg in (
+        QuantConfig.uniform("int8", calibration=Calibration(granularity="per_channel")),
+        QuantConfig(default="int8", nodes=mixed, calibration=Calibration(granularity="per_channel", method="mse")),
+        QuantConfig(default="int8", nodes=mixed, calibration=Calibration(method="percentile", percentile=99.99)),
+    ):
+        ranges = activation_ranges(stats, cfg.calibration, int16_tensors=config_int16_tensors(model, cfg))
+        assert build_qdq(model, cfg, ranges).SerializeToString() == build_qdq(model, cfg, ranges, indexed=False).SerializeToString()
