@@ -113,3 +113,84 @@ def test_detect_and_evaluate_with_a_function_adapter(eval_set) -> None:
     assert seen_sizes == [(32, 48)]
     with pytest.raises(ValueError):
         detect([[np.zeros((2, 3))]], es.metas, oracle)
+
+
+def _reference_coco(detections, es) -> np.ndarray:
+    """pycocotools the documented way: loadRes of every detection, evaluate, accumulate, summarize."""
+    import contextlib
+    import io
+
+    from pycocotools.cocoeval import COCOeval
+
+    results = []
+    for det, meta in zip(detections, es.metas):
+        for (x1, y1, x2, y2), s, k in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist()):
+            bbox = [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)]
+            results.append({"image_id": meta.image_id, "category_id": es.category_ids[k], "bbox": bbox, "score": round(s, 5)})
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOeval(es.coco, es.coco.loadRes(results), "bbox")
+        ev.params.imgIds = list(es.image_ids)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev
+
+
+def test_streamed_coco_evaluation_equals_pycocotools(tmp_path: Path) -> None:
+    """Image-by-image COCOeval (fed in uneven chunks) gives pycocotools' numbers exactly: crowd boxes,
+    all three size ranges, a class without ground truth, images without detections, > 100 detections."""
+    from autoq.objectives.accuracy import CocoEvaluation
+
+    rng = np.random.default_rng(3)
+    images_dir = tmp_path / "images"
+    images_dir.mkdir()
+    images, anns, gts = [], [], {}
+    for image_id in range(1, 31):
+        cv2.imwrite(str(images_dir / f"{image_id}.png"), np.zeros((8, 8, 3), np.uint8))
+        images.append({"id": image_id, "file_name": f"{image_id}.png", "height": 400, "width": 600})
+        gts[image_id] = []
+        for _ in range(int(rng.integers(0, 6))):
+            w, h = (float(v) for v in rng.choice([8, 40, 200], 2) * rng.uniform(0.7, 1.3, 2))
+            x, y = float(rng.uniform(0, 600 - w)), float(rng.uniform(0, 400 - h))
+            c = int(rng.choice([7, 9]))
+            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": c, "bbox": [x, y, w, h],
+                         "area": w * h, "iscrowd": int(rng.random() < 0.1)})
+            gts[image_id].append((x, y, w, h, c))
+    cats = [{"id": 7, "name": "cat"}, {"id": 9, "name": "dog"}, {"id": 11, "name": "owl"}]
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    es = load_eval_set(images_dir, ann, (8, 8), Preprocess())
+    index = {c: k for k, c in enumerate(es.category_ids)}
+    dets = []
+    for meta in es.metas:
+        boxes, labels = [], []
+        for x, y, w, h, c in gts[meta.image_id]:
+            if rng.random() < 0.8:  # a noisy hit
+                dx, dy = rng.normal(0, 0.1 * w), rng.normal(0, 0.1 * h)
+                boxes.append([x + dx, y + dy, x + dx + w, y + dy + h])
+                labels.append(index[c] if rng.random() < 0.9 else index[11])
+        n_fp = 0 if meta.image_id % 7 == 0 else (150 if meta.image_id == 5 else int(rng.integers(0, 4)))
+        for _ in range(n_fp):
+            x, y = rng.uniform(0, 500), rng.uniform(0, 300)
+            boxes.append([x, y, x + rng.uniform(5, 100), y + rng.uniform(5, 100)])
+            labels.append(int(rng.integers(0, 3)))
+        if meta.image_id % 7 == 0:
+            boxes, labels = [], []
+        dets.append(Detections(np.asarray(boxes, np.float32).reshape(-1, 4), rng.uniform(0.01, 1, len(boxes)).astype(np.float32),
+                               np.asarray(labels, np.int64)))
+    ref = _reference_coco(dets, es)
+    evaluation = CocoEvaluation(es)
+    for a, b in ((0, 1), (1, 8), (8, 8), (8, 20), (20, 30)):
+        evaluation.add(dets[a:b])
+    m = evaluation.result()
+    got = [m.map, m.map50, m.map_small, m.map_medium, m.map_large]
+    want = [ref.stats[i] for i in (0, 1, 3, 4, 5)]
+    assert 0.05 < m.map < 0.95 and got == pytest.approx([w if w >= 0 else math.nan for w in want], nan_ok=True, abs=0)
+    names = dict(zip(es.category_ids, es.class_names))
+    for k, cat in enumerate(ref.params.catIds):
+        p = ref.eval["precision"][:, :, k, 0, -1]
+        if (p > -1).any():
+            assert m.per_class_ap[names[cat]] == float(p[p > -1].mean())
+    assert coco_metrics(dets, es) == m
+    with pytest.raises(ValueError, match="31 detections for 30 images"):
+        evaluation.add(dets[:1])

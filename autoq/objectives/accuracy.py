@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -24,15 +24,19 @@ if TYPE_CHECKING:
 
     from autoq.data.coco import EvalSet
     from autoq.objectives.session import SessionSettings
+    from autoq.objectives.stream import StreamedOutputs
 
 __all__ = [
+    "CocoEvaluation",
     "CocoMetrics",
     "coco_metrics",
     "create_session",
     "detect",
+    "detect_batches",
     "evaluate",
     "pseudo_ground_truth",
     "run_model",
+    "stream_model",
 ]
 
 
@@ -90,12 +94,31 @@ def run_model(
     copies of its last image and the padding trimmed from the outputs).
     """
     session = create_session(session_or_bytes, settings=settings) if isinstance(session_or_bytes, (bytes, bytearray)) else session_or_bytes
+    return list(_batches(session, eval_images, pp, batch_size, input_name))
+
+
+def stream_model(
+    session: onnxruntime.InferenceSession, eval_images: np.ndarray, pp: Preprocess, *, batch_size: int = 1
+) -> StreamedOutputs:
+    """`run_model` on a background thread: the batches are scored while the next ones run."""
+    from autoq.objectives.stream import StreamedOutputs
+
+    size = _batch_size(session, None, batch_size)[1]
+    return StreamedOutputs(_batches(session, eval_images, pp, batch_size, None), -(-len(eval_images) // size))
+
+
+def _batch_size(session: onnxruntime.InferenceSession, input_name: str | None, batch_size: int) -> tuple[str, int, int]:
+    """(input name, batch size run, the model's fixed batch dim or 0)."""
     inputs = session.get_inputs()
     meta = next((i for i in inputs if i.name == input_name), inputs[0]) if input_name else inputs[0]
-    name = meta.name
     fixed = meta.shape[0] if meta.shape and isinstance(meta.shape[0], int) and meta.shape[0] > 0 else 0
-    batch_size = fixed or max(1, int(batch_size))
-    outputs: list[list[np.ndarray]] = []
+    return meta.name, fixed or max(1, int(batch_size)), fixed
+
+
+def _batches(
+    session: onnxruntime.InferenceSession, eval_images: np.ndarray, pp: Preprocess, batch_size: int, input_name: str | None
+) -> Iterator[list[np.ndarray]]:
+    name, batch_size, fixed = _batch_size(session, input_name, batch_size)
     for start in range(0, len(eval_images), batch_size):
         batch = eval_images[start : start + batch_size]
         real = len(batch)
@@ -104,8 +127,7 @@ def run_model(
         result = session.run(None, {name: to_input(batch, pp)})
         if real < len(batch):
             result = [np.asarray(r)[:real] for r in result]
-        outputs.append(result)
-    return outputs
+        yield result
 
 
 def detect(
@@ -116,16 +138,25 @@ def detect(
     input_size: tuple[int, int] | None = None,
 ) -> list[Detections]:
     """Adapter over each batch's outputs; ``input_size`` (h, w) is handed to adapters that need it."""
+    return [d for batch in detect_batches(outputs_per_batch, metas, adapter, input_size=input_size) for d in batch]
+
+
+def detect_batches(
+    outputs_per_batch: Sequence[Sequence[np.ndarray]],
+    metas: Sequence[ImageMeta],
+    adapter: Adapter,
+    *,
+    input_size: tuple[int, int] | None = None,
+) -> Iterator[list[Detections]]:
+    """`detect`, one batch at a time (in order: with `StreamedOutputs`, while later batches still run)."""
     adapter = bind_input_size(adapter, input_size)
-    detections: list[Detections] = []
     start = 0
     for outputs in outputs_per_batch:
         n = int(np.asarray(outputs[0]).shape[0]) if len(outputs) else 0
-        detections.extend(adapter(outputs, metas[start : start + n]))
+        yield list(adapter(outputs, metas[start : start + n]))
         start += n
     if start != len(metas):
         raise ValueError(f"outputs cover {start} images but {len(metas)} metas were given")
-    return detections
 
 
 def _num(value: float) -> float:
@@ -134,50 +165,121 @@ def _num(value: float) -> float:
 
 def coco_metrics(detections: Sequence[Detections], eval_set: EvalSet) -> CocoMetrics:
     """COCOeval bbox over the images of ``eval_set`` (only those: subsets evaluate their own images)."""
-    from pycocotools.cocoeval import COCOeval
-
     if len(detections) != len(eval_set.metas):
         raise ValueError(f"{len(detections)} detections for {len(eval_set.metas)} images")
-    cat_ids = np.asarray(eval_set.category_ids, np.int64)
-    results: list[dict[str, Any]] = []
-    for det, meta in zip(detections, eval_set.metas):
+    evaluation = CocoEvaluation(eval_set)
+    evaluation.add(detections)
+    return evaluation.result()
+
+
+class CocoEvaluation:
+    """pycocotools' bbox COCOeval fed image by image, so it can run while inference continues.
+
+    ``add`` evaluates each image as its detections arrive (COCOeval's ``computeIoU`` and
+    ``evaluateImg``, the per-image half of ``evaluate``); ``result`` runs ``accumulate`` and
+    ``summarize`` over all of them. The numbers are those of ``loadRes`` + ``evaluate`` on all
+    detections at once (tests/test_accuracy.py compares them): detections are the same
+    dictionaries ``loadRes`` makes (ids in image order, area = w*h) and ground truth is prepared
+    as ``COCOeval._prepare`` does.
+    """
+
+    def __init__(self, eval_set: EvalSet) -> None:
+        from collections import defaultdict
+
+        from pycocotools.cocoeval import COCOeval
+
+        gt = eval_set.coco
+        if gt is None:
+            raise ValueError("COCO evaluation needs ground truth (data.eval_annotations)")
+        self._eval_set = eval_set
+        ev = COCOeval(gt, None, "bbox")
+        p = ev.params
+        p.imgIds = [int(i) for i in np.unique(list(eval_set.image_ids))]
+        p.catIds = [int(c) for c in np.unique(p.catIds)]
+        p.maxDets = sorted(p.maxDets)
+        ev._gts, ev._dts = defaultdict(list), defaultdict(list)
+        for ann in gt.loadAnns(gt.getAnnIds(imgIds=p.imgIds, catIds=p.catIds)):
+            ann["ignore"] = "iscrowd" in ann and ann["iscrowd"]
+            ev._gts[ann["image_id"], ann["category_id"]].append(ann)
+        ev.ious = {}
+        self._ev = ev
+        self._known_images = set(p.imgIds)
+        self._cat_ids = np.asarray(eval_set.category_ids, np.int64)
+        self._scored_cats = set(p.catIds)
+        self._per_image: dict[int, list[Any]] = {}  # image id -> evaluateImg results (cat-major, area-minor)
+        self._next = 0  # index into eval_set.metas of the next image to arrive
+        self._detections = 0
+
+    def add(self, detections: Sequence[Detections]) -> None:
+        """Evaluates the next ``len(detections)`` images of the eval set, in eval-set order."""
+        metas = self._eval_set.metas[self._next : self._next + len(detections)]
+        if len(metas) != len(detections):
+            raise ValueError(f"{self._next + len(detections)} detections for {len(self._eval_set.metas)} images")
+        self._next += len(detections)
+        ev, p = self._ev, self._ev.params
+        max_det = p.maxDets[-1]
+        for det, meta in zip(detections, metas):
+            image_id = meta.image_id
+            for ann in self._results(det, image_id):
+                if ann["category_id"] in self._scored_cats:
+                    ev._dts[image_id, ann["category_id"]].append(ann)
+            if image_id not in self._known_images:
+                continue
+            for cat in p.catIds:
+                ev.ious[image_id, cat] = ev.computeIoU(image_id, cat)
+            self._per_image[image_id] = [ev.evaluateImg(image_id, cat, area, max_det) for cat in p.catIds for area in p.areaRng]
+
+    def _results(self, det: Detections, image_id: int) -> list[dict[str, Any]]:
         if len(det) == 0:
-            continue
+            return []
         b = np.asarray(det.boxes, np.float64)
         xywh = np.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], axis=1).round(3).tolist()
-        cats = cat_ids[np.asarray(det.labels, np.int64)].tolist()
+        cats = self._cat_ids[np.asarray(det.labels, np.int64)].tolist()
         scores = np.asarray(det.scores, np.float64).round(5).tolist()
-        image_id = meta.image_id
-        results.extend(
-            {"image_id": image_id, "category_id": c, "bbox": bb, "score": s} for bb, c, s in zip(xywh, cats, scores)
+        out = []
+        for bb, c, sc in zip(xywh, cats, scores):
+            self._detections += 1
+            out.append({"image_id": image_id, "category_id": c, "bbox": bb, "score": sc,
+                        "area": bb[2] * bb[3], "id": self._detections, "iscrowd": 0})
+        return out
+
+    def result(self) -> CocoMetrics:
+        """accumulate + summarize over every image added (all of the eval set must have been added)."""
+        import copy
+
+        if self._next != len(self._eval_set.metas):
+            raise ValueError(f"{self._next} detections for {len(self._eval_set.metas)} images")
+        if not self._detections:
+            return CocoMetrics(0.0, 0.0, 0.0, 0.0, 0.0, {})
+        ev, p = self._ev, self._ev.params
+        per_cat_area = len(p.areaRng)
+        ev.evalImgs = [
+            self._per_image[i][k * per_cat_area + a]
+            for k in range(len(p.catIds))
+            for a in range(per_cat_area)
+            for i in p.imgIds
+        ]
+        ev._paramsEval = copy.deepcopy(p)
+        with contextlib.redirect_stdout(io.StringIO()):
+            ev.accumulate()
+            ev.summarize()
+        stats = ev.stats
+        precision = ev.eval["precision"]  # [T, R, K, A, M]
+        per_class: dict[str, float] = {}
+        names = dict(zip(self._eval_set.category_ids, self._eval_set.class_names))
+        for k, cat_id in enumerate(p.catIds):
+            prec = precision[:, :, k, 0, -1]
+            valid = prec[prec > -1]
+            if valid.size:
+                per_class[names.get(cat_id, str(cat_id))] = float(valid.mean())
+        return CocoMetrics(
+            map=max(0.0, float(stats[0])),
+            map50=max(0.0, float(stats[1])),
+            map_small=_num(stats[3]),
+            map_medium=_num(stats[4]),
+            map_large=_num(stats[5]),
+            per_class_ap=per_class,
         )
-    if not results:
-        return CocoMetrics(0.0, 0.0, 0.0, 0.0, 0.0, {})
-    gt = eval_set.coco
-    with contextlib.redirect_stdout(io.StringIO()):
-        dt = gt.loadRes(results)
-        ev = COCOeval(gt, dt, "bbox")
-        ev.params.imgIds = list(eval_set.image_ids)
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    stats = ev.stats
-    precision = ev.eval["precision"]  # [T, R, K, A, M]
-    per_class: dict[str, float] = {}
-    names = dict(zip(eval_set.category_ids, eval_set.class_names))
-    for k, cat_id in enumerate(ev.params.catIds):
-        p = precision[:, :, k, 0, -1]
-        valid = p[p > -1]
-        if valid.size:
-            per_class[names.get(cat_id, str(cat_id))] = float(valid.mean())
-    return CocoMetrics(
-        map=max(0.0, float(stats[0])),
-        map50=max(0.0, float(stats[1])),
-        map_small=_num(stats[3]),
-        map_medium=_num(stats[4]),
-        map_large=_num(stats[5]),
-        per_class_ap=per_class,
-    )
 
 
 def evaluate(

@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Union
 
@@ -117,6 +117,12 @@ class MetricContext:
         from autoq.objectives.accuracy import detect
 
         return detect(outputs, self.eval_set.metas, self.adapter, input_size=self.eval_set.size)
+
+    def detect_batches(self, outputs: Outputs) -> Iterator[list[Detections]]:
+        """`detect` batch by batch, as the batches arrive (see `autoq.objectives.stream`)."""
+        from autoq.objectives.accuracy import detect_batches
+
+        return detect_batches(outputs, self.eval_set.metas, self.adapter, input_size=self.eval_set.size)
 
     def memoized(self, key: Any, make: Callable[[], Any]) -> Any:
         if key not in self.memo:
@@ -225,23 +231,26 @@ class CocoMap:
         self.pseudo_gt_score = float(pseudo_gt_score)
 
     def __call__(self, outputs: Outputs, context: MetricContext) -> MetricResult:
-        from autoq.objectives.accuracy import coco_metrics, pseudo_ground_truth
+        from autoq.objectives.accuracy import CocoEvaluation, coco_metrics, pseudo_ground_truth
         from autoq.objectives.similarity import output_similarity
 
-        es = context.eval_set
-        extra: dict[str, float] = {}
-        detections = context.detect(outputs)
-        if es.coco is None:
-            es = context.memoized(
-                ("pseudo_gt", self.pseudo_gt_score),
-                lambda: pseudo_ground_truth(
-                    context.eval_set, context.detect(context.reference), score_threshold=self.pseudo_gt_score
-                ),
-            )
-            k = len(es.category_ids)  # classes the float model never predicted cannot be scored
-            detections = [_known_labels(d, k) for d in detections]
-            extra = output_similarity(context.reference, outputs)
-        m = coco_metrics(detections, es)
+        if context.eval_set.coco is not None:  # each batch scored as it arrives (overlaps a streamed inference)
+            evaluation = CocoEvaluation(context.eval_set)
+            for batch in context.detect_batches(outputs):
+                evaluation.add(batch)
+            return self._result(evaluation.result(), {})
+        es = context.memoized(
+            ("pseudo_gt", self.pseudo_gt_score),
+            lambda: pseudo_ground_truth(
+                context.eval_set, context.detect(context.reference), score_threshold=self.pseudo_gt_score
+            ),
+        )
+        k = len(es.category_ids)  # classes the float model never predicted cannot be scored
+        detections = [_known_labels(d, k) for d in context.detect(outputs)]
+        return self._result(coco_metrics(detections, es), output_similarity(context.reference, outputs))
+
+    @staticmethod
+    def _result(m: Any, extra: dict[str, float]) -> MetricResult:
         return MetricResult(
             value=m.map,
             map50=m.map50,
