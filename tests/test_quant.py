@@ -270,3 +270,52 @@ def test_non_finite_range_is_data_error():
 
     with pytest.raises(DataError, match="'t'.*non-finite"):
         activation_ranges(ActivationStats(minmax={"t": (float("nan"), 1.0)}), Calibration())
+
+
+def test_integer_sessions_keep_float_nodes_weights_float(tmp_path):
+    """ORT's WeightBiasQuantization would give the float conv (between a DQ and a Q) int8 weights in the
+    integer path; autoq's sessions switch it off, so integer kernels match fake-quant (the fidelity check)."""
+    import onnxruntime as ort
+
+    from autoq.objectives.accuracy import create_session
+    from autoq.objectives.session import SessionSettings
+
+    rng = np.random.default_rng(0)
+    w2 = (rng.standard_normal((8, 8, 3, 3)) * 0.05).astype(np.float32)
+    w2[0, 0, 0, 0] = 30.0  # an outlier: int8 weights would zero out every small weight
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.2).astype(np.float32), "w1"),
+        numpy_helper.from_array(w2, "w2"),
+        numpy_helper.from_array((rng.standard_normal((4, 8, 1, 1)) * 0.2).astype(np.float32), "w3"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["c1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["c2", "w3"], ["y"], name="conv3"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])], initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "m.onnx"
+    onnx.save_model(model, str(path))
+    loaded = load_model(path)
+    batches = _batches(4, shape=(1, 3, 16, 16))
+    ranges = activation_ranges(collect_stats(loaded, batches, cache_dir=None, key="w"), Calibration())
+    data = build_qdq(loaded, QuantConfig(default="int8", nodes={"conv2": "float"}), ranges).SerializeToString()
+    x = {"x": batches[0]}
+
+    def run(session) -> np.ndarray:
+        return session.run(None, x)[0]
+
+    fake = run(create_session(data, settings=SessionSettings(1, "disabled")))
+    ours = run(create_session(data, settings=SessionSettings(1, "all")))
+    step = (ranges["y"][1] - ranges["y"][0]) / 255
+    assert np.abs(ours - fake).max() <= 2 * step  # rounding of integer kernels only
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    raw = run(ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"]))
+    if np.abs(raw - fake).max() <= 2 * step:
+        pytest.skip(f"onnxruntime {ort.__version__} does not quantize the float conv's weights; nothing to guard")
