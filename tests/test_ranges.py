@@ -206,7 +206,7 @@ def test_space_percentiles_validated(tmp_path):
         load_config(cfg)
 
 
-def test_indexed_build_is_byte_identical_to_ort(setup):
+def test_fast_build_is_byte_identical_to_ort(setup):
     model, _, stats, _ = setup
     for cfg in (
         QuantConfig.uniform("int8", calibration=Calibration(granularity="per_channel", method="mse")),
@@ -215,10 +215,10 @@ def test_indexed_build_is_byte_identical_to_ort(setup):
     ):
         ranges = activation_ranges(stats, cfg.calibration, int16_tensors=config_int16_tensors(model, cfg))
         fast = build_qdq(model, cfg, ranges).SerializeToString()
-        assert fast == build_qdq(model, cfg, ranges, indexed=False).SerializeToString()
+        assert fast == build_qdq(model, cfg, ranges, fast=False).SerializeToString()
 
 
-def test_indexed_build_is_byte_identical_on_the_demo_detector(tmp_path):
+def test_fast_build_is_byte_identical_on_the_demo_detector(tmp_path):
     """The same on a real detector graph (Conv weights and biases, SiLU, decode): every config kind."""
     from pathlib import Path
 
@@ -237,4 +237,4 @@ def test_indexed_build_is_byte_identical_on_the_demo_detector(tmp_path):
         QuantConfig(default="int8", nodes=mixed, calibration=Calibration(method="percentile", percentile=99.99)),
     ):
         ranges = activation_ranges(stats, cfg.calibration, int16_tensors=config_int16_tensors(model, cfg))
-        assert build_qdq(model, cfg, ranges).SerializeToString() == build_qdq(model, cfg, ranges, indexed=False).SerializeToString()
+        assert build_qdq(model, cfg, ranges).SerializeToString() == build_qdq(model, cfg, ranges, fast=False).SerializeToString()

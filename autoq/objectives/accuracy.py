@@ -176,8 +176,8 @@ class CocoEvaluation:
     """pycocotools' bbox COCOeval fed image by image, so it can run while inference continues.
 
     ``add`` evaluates each image as its detections arrive (COCOeval's ``computeIoU`` and
-    ``evaluateImg``, the per-image half of ``evaluate``); ``result`` runs ``accumulate`` and
-    ``summarize`` over all of them. The numbers are those of ``loadRes`` + ``evaluate`` on all
+    ``evaluateImg``, the per-image half of ``evaluate``); ``result`` runs ``accumulate`` over all
+    of them and averages the precisions as ``summarize`` does. The numbers are those of ``loadRes`` + ``evaluate`` on all
     detections at once (tests/test_accuracy.py compares them): detections are the same
     dictionaries ``loadRes`` makes (ids in image order, area = w*h) and ground truth is prepared
     as ``COCOeval._prepare`` does.
@@ -259,25 +259,32 @@ class CocoEvaluation:
             for a in range(per_cat_area)
             for i in p.imgIds
         ]
+        # Only the AP at the largest maxDets is reported: accumulate that one alone (a third of the
+        # work); the means below are those of COCOeval.summarize's AP lines.
+        p.maxDets = p.maxDets[-1:]
         ev._paramsEval = copy.deepcopy(p)
         with contextlib.redirect_stdout(io.StringIO()):
             ev.accumulate()
-            ev.summarize()
-        stats = ev.stats
-        precision = ev.eval["precision"]  # [T, R, K, A, M]
+        precision = ev.eval["precision"][..., 0]  # [T, R, K, A]
+        area = {label: i for i, label in enumerate(p.areaRngLbl)}
+        iou50 = np.flatnonzero(np.isclose(p.iouThrs, 0.5))
+
+        def mean_ap(prec: np.ndarray) -> float:
+            valid = prec[prec > -1]
+            return float(valid.mean()) if valid.size else -1.0
+
         per_class: dict[str, float] = {}
         names = dict(zip(self._eval_set.category_ids, self._eval_set.class_names))
         for k, cat_id in enumerate(p.catIds):
-            prec = precision[:, :, k, 0, -1]
-            valid = prec[prec > -1]
-            if valid.size:
-                per_class[names.get(cat_id, str(cat_id))] = float(valid.mean())
+            ap = mean_ap(precision[:, :, k, area["all"]])
+            if ap > -1:
+                per_class[names.get(cat_id, str(cat_id))] = ap
         return CocoMetrics(
-            map=max(0.0, float(stats[0])),
-            map50=max(0.0, float(stats[1])),
-            map_small=_num(stats[3]),
-            map_medium=_num(stats[4]),
-            map_large=_num(stats[5]),
+            map=max(0.0, mean_ap(precision[..., area["all"]])),
+            map50=max(0.0, mean_ap(precision[iou50][..., area["all"]])),
+            map_small=_num(mean_ap(precision[..., area["small"]])),
+            map_medium=_num(mean_ap(precision[..., area["medium"]])),
+            map_large=_num(mean_ap(precision[..., area["large"]])),
             per_class_ap=per_class,
         )
 

@@ -13,6 +13,7 @@ This is the one module that translates autoq's typed choices into ORT's untyped 
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +39,7 @@ def build_qdq(
     config: QuantConfig,
     ranges: Mapping[str, tuple[float, float]],
     *,
-    indexed: bool = True,
+    fast: bool = True,
 ) -> onnx.ModelProto:
     """The QDQ model for ``config``; ``ranges`` must cover every float activation (see `collect_stats`).
 
@@ -48,8 +49,9 @@ def build_qdq(
     consumer is int16, else int8 (see `int16_tensors`). Outputs of data-movement ops (Reshape,
     Slice, Transpose, MaxPool, Resize, ...) reuse their input's quantization, as ORT does.
     Nodes ORT cannot quantize always stay float. The result is deterministic for a given config.
-    ``indexed`` (default) runs ORT's quantizer on `_IndexedModel` (same result, byte for byte,
-    without ORT's quadratic node/initializer scans: ~2x faster on a 400-node detector).
+    ``fast`` (default) runs ORT's quantizer with `_IndexedModel` and `_fast_ort` (same result, byte
+    for byte, without ORT's linear scans and without recomputing the weights' quantization every
+    trial: 0.5 -> 0.07 s per-tensor, 0.95 -> 0.3 s per-channel on a 400-node detector).
     ``config.resolution`` and ``config.variant`` are not read here: pass the `LoadedModel` of that
     variant (and ranges calibrated on it).
     """
@@ -90,7 +92,7 @@ def build_qdq(
             for name, (lo, hi) in sorted(ranges.items())
         },
     )
-    quantizer = QDQQuantizer(
+    quantizer = (_memo_quantizer(model) if fast else QDQQuantizer)(
         proto,
         config.calibration.granularity == "per_channel",  # per_channel
         False,  # reduce_range
@@ -102,10 +104,10 @@ def build_qdq(
         sorted(quantizable_op_types()),  # op_types_to_quantize
         extra_options,
     )
-    if indexed:
+    if fast:
         quantizer.model = _indexed_model(quantizer.model.model)
     try:
-        with _indexed_find_by_name() if indexed else contextlib.nullcontext():
+        with _fast_ort(_weight_memo(model)) if fast else contextlib.nullcontext():
             quantizer.quantize_model()
     except ValueError as exc:
         if "Quantization parameters are not specified" in str(exc):
@@ -275,30 +277,86 @@ class _InitializerView:
         return self._items[i]
 
 
-@contextlib.contextmanager
-def _indexed_find_by_name() -> Iterator[None]:
-    """While ORT quantizes: ``find_by_name`` over an `_InitializerView` is a dict lookup, not a scan.
+def _weight_memo(model: LoadedModel) -> dict[Any, Any]:
+    """Per model: weights' quantization params and quantized initializers, reused across trials."""
+    return model.__dict__.setdefault("_autoq_weight_memo", {})  # frozen dataclass: cache beside its fields
 
-    ORT's quantizer looks each weight, bias and scale up by a linear scan of the initializers
-    (a third of its run time on a 400-node detector). Any other list goes to ORT's own function.
+
+def _copy_params(params: Any) -> Any:
+    copied = copy.copy(params)
+    copied.data = {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in params.data.items()}
+    return copied
+
+
+def _memo_quantizer(model: LoadedModel) -> type:
+    """ORT's QDQQuantizer, with the initializers' scale/zero-point computed once per model.
+
+    ORT recomputes every weight's scale each build, channel by channel in Python (half the build
+    time per-channel). They depend only on the weight and how it is quantized, which the key
+    holds; ORT then adjusts copies for the trial's bias scales as usual.
+    """
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+
+    memo = _weight_memo(model)
+
+    class _MemoQDQQuantizer(QDQQuantizer):
+        def _key(self, name: str, info: Any) -> tuple:
+            return ("params", name, info.tensor_type, info.axis, info.data_type, info.is_shared,
+                    repr(self.tensor_quant_overrides.get(name)), self.weight_qType, self.activation_qType,
+                    self.is_activation_symmetric, repr(self.extra_options.get("WeightSymmetric")),
+                    self.reduce_range, self.min_real_range, self.block_size)
+
+        def _calc_initializer_quant_params(self):
+            keys = {name: self._key(name, info) for name, info in self.tensors_to_quantize.items()}
+            todo = {name: info for name, info in self.tensors_to_quantize.items() if keys[name] not in memo}
+            if todo:
+                everything, self.tensors_to_quantize = self.tensors_to_quantize, todo
+                try:
+                    fresh = super()._calc_initializer_quant_params()
+                finally:
+                    self.tensors_to_quantize = everything
+                for name in todo:  # activations get None: not initializers, nothing to compute
+                    memo[keys[name]] = _copy_params(fresh[name]) if name in fresh else None
+            return {name: _copy_params(memo[key]) for name, key in keys.items() if memo[key] is not None}
+
+    return _MemoQDQQuantizer
+
+
+@contextlib.contextmanager
+def _fast_ort(memo: dict[Any, Any]) -> Iterator[None]:
+    """While ORT quantizes: ``find_by_name`` over an `_InitializerView` is a dict lookup, not a scan
+    (a third of ORT's build time on a 400-node detector), and a weight quantized with the same
+    scale and zero point as in an earlier trial is a copy of that result. ORT's own functions
+    answer everything else; they are restored on exit.
     """
     from onnxruntime.quantization import base_quantizer, qdq_quantizer, quant_utils
 
-    original = quant_utils.find_by_name
+    find = quant_utils.find_by_name
+    quantize = quant_utils.quantize_onnx_initializer
 
     def find_by_name(item_name: str, item_list: Any) -> Any:
         index = getattr(item_list, "autoq_index", None)
-        return index.get(item_name) if index is not None else original(item_name, item_list)
+        return index.get(item_name) if index is not None else find(item_name, item_list)
 
-    modules = (base_quantizer, qdq_quantizer)
-    saved = [m.find_by_name for m in modules]
-    for m in modules:
-        m.find_by_name = find_by_name
+    def quantize_onnx_initializer(weight, quant_type, zero_point, scale, axis=None, quant_weight_name=None, **kw):
+        key = ("weight", weight.name, quant_type, axis, quant_weight_name, repr(sorted(kw.items())),
+               np.asarray(zero_point).tobytes(), np.asarray(scale).tobytes(), np.asarray(scale).dtype.str)
+        if key not in memo:
+            memo[key] = quantize(weight, quant_type, zero_point, scale, axis, quant_weight_name, **kw)
+        out = type(memo[key])()
+        out.CopyFrom(memo[key])
+        return out
+
+    patches = [(base_quantizer, "find_by_name", find_by_name), (qdq_quantizer, "find_by_name", find_by_name),
+               (qdq_quantizer, "quantize_onnx_initializer", quantize_onnx_initializer)]
+    saved = [(module, name, getattr(module, name)) for module, name, _ in patches]
+    for module, name, fn in patches:
+        setattr(module, name, fn)
     try:
         yield
     finally:
-        for m, f in zip(modules, saved):
-            m.find_by_name = f
+        for module, name, fn in saved:
+            setattr(module, name, fn)
 
 
 def _check_config_nodes(model: LoadedModel, config: QuantConfig) -> None:
