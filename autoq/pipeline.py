@@ -299,10 +299,14 @@ class Project:
         return run_model(model_bytes, self.eval_set.images, self.preprocess, batch_size=settings.batch_size, settings=settings)
 
     def stream_outputs(self, session):  # -> autoq.objectives.stream.StreamedOutputs
-        """`outputs` of an ORT session on a background thread, readable batch by batch as they finish."""
+        """`outputs` of an ORT session, readable batch by batch as they finish: on a background thread
+        when the session settings leave a core free for the scoring, else the whole pass first."""
         from autoq.objectives.accuracy import stream_model
+        from autoq.objectives.session import usable_cores
 
-        return stream_model(session, self.eval_set.images, self.preprocess, batch_size=self.session_settings.batch_size)
+        settings = self.session_settings
+        free_core = 0 < settings.intra_op_threads < usable_cores()
+        return stream_model(session, self.eval_set.images, self.preprocess, batch_size=settings.batch_size, background=free_core)
 
     def score(self, outputs, *, reference=None):  # -> autoq.objectives.metrics.MetricResult
         """The objective metric of raw ``outputs``; ``reference`` = float outputs (default: `float_outputs`)."""

@@ -79,3 +79,19 @@ def test_stream_model_equals_run_model(tmp_path):
         with stream_model(session, images, Preprocess(), batch_size=2) as out:
             got = out.finish()
         assert len(got) == len(want) == 3 and all(np.array_equal(a[0], b[0]) for a, b in zip(got, want))
+
+
+def test_foreground_stream_runs_the_pass_first_with_the_same_interface():
+    ran = []
+
+    def batches():
+        for i in range(3):
+            ran.append(i)
+            yield [np.full(1, i)]
+        raise RuntimeError("ORT failed after 3 batches")
+
+    with StreamedOutputs(batches(), 4, background=False) as out:
+        assert ran == [0, 1, 2] and out._thread is None  # before anything was read
+        assert [b[0][0] for b in out[:3]] == [0, 1, 2]
+        with pytest.raises(RuntimeError, match="after 3 batches"):
+            out[3]

@@ -98,13 +98,20 @@ def run_model(
 
 
 def stream_model(
-    session: onnxruntime.InferenceSession, eval_images: np.ndarray, pp: Preprocess, *, batch_size: int = 1
+    session: onnxruntime.InferenceSession,
+    eval_images: np.ndarray,
+    pp: Preprocess,
+    *,
+    batch_size: int = 1,
+    background: bool = True,
 ) -> StreamedOutputs:
-    """`run_model` on a background thread: the batches are scored while the next ones run."""
+    """`run_model` on a background thread: the batches are scored while the next ones run
+    (``background=False``: the whole pass first, for sessions that use every core)."""
     from autoq.objectives.stream import StreamedOutputs
 
     size = _batch_size(session, None, batch_size)[1]
-    return StreamedOutputs(_batches(session, eval_images, pp, batch_size, None), -(-len(eval_images) // size))
+    batches = _batches(session, eval_images, pp, batch_size, None)
+    return StreamedOutputs(batches, -(-len(eval_images) // size), background=background)
 
 
 def _batch_size(session: onnxruntime.InferenceSession, input_name: str | None, batch_size: int) -> tuple[str, int, int]:

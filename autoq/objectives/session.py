@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from autoq.data.preprocess import Preprocess
 
-__all__ = ["GRAPH_OPTIMIZATIONS", "SessionSettings", "session_options", "tune_session"]
+__all__ = ["GRAPH_OPTIMIZATIONS", "SessionSettings", "session_options", "tune_session", "usable_cores"]
 
 #: autoq's names for ORT's GraphOptimizationLevel values.
 GRAPH_OPTIMIZATIONS = ("disabled", "basic", "extended", "all")
@@ -58,6 +58,14 @@ class SessionSettings:
             raise ValueError(f"batch_size must be >= 1, not {self.batch_size}")
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS tells, else the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 @functools.lru_cache(maxsize=16)
 def session_options(settings: SessionSettings = SessionSettings()) -> onnxruntime.SessionOptions:
     """The (shared, created once) ORT SessionOptions for ``settings``."""
@@ -70,7 +78,7 @@ def session_options(settings: SessionSettings = SessionSettings()) -> onnxruntim
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = settings.intra_op_threads if settings.intra_op_threads > 0 else (os.cpu_count() or 1)
+    opts.intra_op_num_threads = settings.intra_op_threads if settings.intra_op_threads > 0 else usable_cores()
     opts.graph_optimization_level = levels[settings.graph_optimization]
     opts.log_severity_level = 3
     # ORT's WeightBiasQuantization (level 1) gives a float-weight Conv/Gemm between a DQ and a Q
@@ -82,7 +90,7 @@ def session_options(settings: SessionSettings = SessionSettings()) -> onnxruntim
 
 def candidates(symbolic_batch: bool, images: int) -> list[SessionSettings]:
     """The settings `tune_session` measures."""
-    threads = sorted({1, 2, os.cpu_count() or 1})
+    threads = sorted({1, 2, usable_cores()})
     batches = [b for b in ((1, 4, 8) if symbolic_batch else (1,)) if b <= max(1, images)]
     return [
         SessionSettings(intra_op_threads=t, graph_optimization=g, batch_size=b)
