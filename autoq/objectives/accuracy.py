@@ -232,9 +232,16 @@ class CocoEvaluation:
                     ev._dts[image_id, ann["category_id"]].append(ann)
             if image_id not in self._known_images:
                 continue
-            for cat in p.catIds:
+            # A category with neither ground truth nor detections in this image evaluates to None
+            # (COCOeval.evaluateImg's first check): only the others are evaluated.
+            present = {cat for cat in p.catIds if (image_id, cat) in ev._gts or (image_id, cat) in ev._dts}
+            for cat in present:
                 ev.ious[image_id, cat] = ev.computeIoU(image_id, cat)
-            self._per_image[image_id] = [ev.evaluateImg(image_id, cat, area, max_det) for cat in p.catIds for area in p.areaRng]
+            self._per_image[image_id] = [
+                ev.evaluateImg(image_id, cat, area, max_det) if cat in present else None
+                for cat in p.catIds
+                for area in p.areaRng
+            ]
 
     def _results(self, det: Detections, image_id: int) -> list[dict[str, Any]]:
         if len(det) == 0:
