@@ -1,18 +1,18 @@
 """ONNX Runtime session settings chosen by measurement, once per project.
 
 `tune_session` times a few candidate settings on the float model over a handful of cached
-evaluation images (intra-op threads 1 / 2 / ``os.cpu_count()``, graph optimization ``all`` vs
+evaluation images (intra-op threads 1 / 2 / every usable core, graph optimization ``all`` vs
 ``basic``, and batch size 1 vs 4 vs 8 when the model's batch dimension is symbolic) and returns
 the fastest as a `SessionSettings`; the choice and the timings are cached in
 ``<cache_dir>/session-<key>.json`` so a restarted study does not measure again.
 `session_options` turns settings into one shared ``SessionOptions`` object (created once per
 distinct settings). This module is the only place autoq translates its session choices into ORT's.
 
-Measured (ORT 1.31.1, 2 cores shared with other jobs): on yolox_nano (fixed batch 1, so batch 1
-only) ``threads=1 opt=all`` won with 16.1 ms/img, vs 27.5 (1 thread, basic), 40.4 (2 threads,
-all) and 64.9 (2 threads, basic); on the demo detector the same order (6.2 / 9.8 / 13.7 / 20.0
-ms/img). Two threads lose badly when the cores are busy with other work (spinning thread pool),
-which is exactly why this is measured per machine rather than fixed.
+Measured (ORT 1.31.1, 2 cores): on yolox_nano (fixed batch 1) a quiet machine picks ``threads=2
+opt=all`` (9.1 ms/img vs 14.3 with one thread, 14.3 / 22.2 with ``basic``); with the cores busy
+with other work one thread won (16.1 vs 40.4 ms/img: ORT's spinning thread pool), which is why
+this is measured per machine rather than fixed. The demo detector is small enough that one
+thread wins either way, leaving the other core to score batches as they finish.
 
 Example:
     >>> settings = tune_session(model_bytes, images[:8], pp, cache_dir=Path(".autoq/cache"), key=sha)  # doctest: +SKIP
