@@ -117,8 +117,9 @@ def test_killed_worker_the_other_completes_the_budget(tmp_path, postgres):
     cfg, project, tracking = _setup(tmp_path, postgres, "kill", n_eval=40)
     prepare_study(project, log=lambda _m: None)
     cmd = [sys.executable, "-m", "autoq", "worker", "-c", str(cfg), "--budget", "10"]
+    log_b = tmp_path / "worker2.log"
     a = subprocess.Popen([*cmd, "--worker-index", "1"], stderr=subprocess.DEVNULL, start_new_session=True)
-    b = subprocess.Popen([*cmd, "--worker-index", "2"], stderr=subprocess.DEVNULL)
+    b = subprocess.Popen([*cmd, "--worker-index", "2"], stderr=log_b.open("w"), stdout=subprocess.DEVNULL)
     deadline = time.time() + 120
     study = open_study(project, create=False)
     while time.time() < deadline:
@@ -127,7 +128,12 @@ def test_killed_worker_the_other_completes_the_budget(tmp_path, postgres):
             break
     os.killpg(a.pid, signal.SIGKILL)
     a.wait()
-    assert b.wait(timeout=300) == 0
+    try:
+        code = b.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        b.kill()
+        code = "timeout"
+    assert code == 0, f"surviving worker: {code}; its log ends:\n" + "\n".join(log_b.read_text().splitlines()[-30:])
     counted = counted_trials(open_study(project, create=False))
     assert len(counted) == 10
     assert all(t.state is TrialState.COMPLETE for t in counted)
