@@ -129,6 +129,22 @@ def test_sqlite_queue_hands_each_waiting_trial_to_one_worker(tmp_path):
     assert sorted(popped) == sorted(t._trial_id for t in study.get_trials())
 
 
+def test_worker_dead_inside_ask_does_not_hang_the_budget(tmp_path, monkeypatch):
+    """A worker killed inside study.ask() (sampling, before Optuna's heartbeat starts) leaves a RUNNING
+    trial without heartbeat that Optuna never calls stale; the exact-budget wait must still end."""
+    from optuna.trial import TrialState
+
+    import autoq.search.study as study_mod
+
+    project = Project(load_config(make_tiny_project(tmp_path)))
+    orphan = open_study(project).ask()  # RUNNING, no heartbeat, never reaches the objective
+    monkeypatch.setattr(study_mod, "ORPHAN_SECONDS", 0.0)  # then 6 x heartbeat_seconds (1 s here)
+    study = run_search(project, budget=3, timeout=90, log=lambda _m: None)
+    done = [t for t in counted_trials(study) if t.state is not TrialState.WAITING]  # queued leftovers wait for a rerun
+    assert len(done) == 3 and all(t.state is TrialState.COMPLETE for t in done)
+    assert study.trials[orphan.number].state is TrialState.FAIL
+
+
 def test_same_seed_same_first_trials(tmp_path):
     def configs(d: Path) -> list:
         study = run_search(Project(load_config(make_tiny_project(d))), budget=10, log=lambda _m: None)

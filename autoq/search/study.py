@@ -48,6 +48,8 @@ SCREENED_ATTR = "screened"  # a proposal the surrogate rejected without evaluati
 SEED_CONFIG_ATTR = "seed_config"  # an enqueued trial's exact QuantConfig (dict)
 CONSTRAINT_ATTR = "constraint"  # [map_drop - max, latency - max], <= 0 = feasible
 PARTIAL_ATTR = "partial"  # early-stopped on the image subset
+STARTED_ATTR = "autoq_started"  # the trial's number, set first thing in the objective (it got past ask())
+ORPHAN_SECONDS = 120.0  # a RUNNING trial that never reached the objective after this long: its worker died
 SPACE_ATTR = "autoq_space"  # the study's SpaceLayout (JSON)
 SPACE_KNOBS_ATTR = "autoq_space_knobs"
 SAMPLERS = ("auto", "tpe", "nsga2", "random", "gp")
@@ -212,10 +214,37 @@ def _in_flight(study) -> list:
 
 
 def optuna_fail_stale(study) -> None:
-    """Fails (and re-queues once) trials whose heartbeat stopped; a no-op without heartbeats."""
+    """Fails (and re-queues once) trials whose heartbeat stopped; a no-op without heartbeats.
+
+    Also trials whose worker died inside ``study.ask()`` (the sampler runs there, before Optuna's
+    heartbeat thread starts): RUNNING without a heartbeat, Optuna never calls them stale, and the
+    exact-budget wait would wait for them forever. A trial that never reached the objective
+    (no `STARTED_ATTR`) ``ORPHAN_SECONDS`` after it started is failed and re-queued the same way.
+    """
+    import copy
+    from datetime import datetime
+
     import optuna
+    from optuna.trial import TrialState
 
     optuna.storages.fail_stale_trials(study)
+    storage = study._storage
+    interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
+    if not interval:
+        return
+    callback = storage.get_heartbeat_stale_trial_callback()
+    now = datetime.now()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        age = (now - t.datetime_start).total_seconds() if t.datetime_start else 0.0
+        if t.user_attrs.get(STARTED_ATTR) == t.number or age < max(6 * interval, ORPHAN_SECONDS):
+            continue
+        try:
+            if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        if callback is not None:
+            callback(study, copy.deepcopy(storage.get_trial(t._trial_id)))
 
 
 def trial_config(trial) -> QuantConfig:
@@ -692,6 +721,7 @@ def _objective(project: Project, study, tracker: Tracker, parent: str, budget: i
     early = _early_stop_images(project)
 
     def objective(trial) -> tuple[float, float]:
+        trial.set_user_attr(STARTED_ATTR, trial.number)  # a retried copy inherits the attrs: keep the number
         earlier = [t for t in counted_trials(study) if t.number < trial.number]
         if len(earlier) >= budget:  # another worker filled the budget first
             trial.set_user_attr(OVER_BUDGET_ATTR, True)
