@@ -200,3 +200,23 @@ def test_read_only_project_dir_is_a_clear_error(tmp_path):
         cfg = make_tiny_project(tmp_path)
         tmp_path.chmod(0o555)
     _assert_one_line_error(_run_cli("search", "-c", str(cfg), "--budget", "1"), ".autoq")
+
+
+def test_retried_trial_closes_the_run_its_dead_worker_had_finished(tmp_path):
+    """A worker killed between logging a finished trial and the study recording it: the retry replaces
+    the trial, so its FINISHED run is closed as KILLED (FINISHED runs stay one to one with counted trials)."""
+    from autoq.plan import QuantConfig
+    from autoq.tracking.mlflow import Tracker
+
+    tracker = Tracker(uri=f"sqlite:///{tmp_path / 'm.db'}", experiment="e", artifact_root=tmp_path / "art")
+    parent = tracker.parent_run("s", None, {})
+    runs = []
+    for n in range(2):
+        run = tracker.start_trial(parent_id=parent, number=n, params={})
+        tracker.finish_trial(run, config=QuantConfig.uniform("int8"), result=None)
+        runs.append(run)
+    tracker.close_stale(runs[0], "worker stopped during trial 0")  # not retried: a finished run stays
+    tracker.close_stale(runs[1], "worker stopped during trial 1; retried as trial 5", retried=True)
+    got = [tracker.client.get_run(r) for r in runs]
+    assert [r.info.status for r in got] == ["FINISHED", "KILLED"]
+    assert got[1].data.tags["failure_reason"].endswith("retried as trial 5")

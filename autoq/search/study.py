@@ -730,7 +730,8 @@ def _objective(project: Project, study, tracker: Tracker, parent: str, budget: i
         frozen = study.get_trials(deepcopy=False)[trial.number]
         stale = frozen.system_attrs.get("failed_trial")  # set by RetryHeartbeatStaleTrialCallback
         if stale is not None and trial.user_attrs.get(RUN_ATTR):
-            tracker.close_stale(trial.user_attrs[RUN_ATTR], f"worker stopped during trial {stale}; retried as trial {trial.number}")
+            tracker.close_stale(trial.user_attrs[RUN_ATTR], f"worker stopped during trial {stale}; retried as trial {trial.number}",
+                                retried=True)
         config = suggest_layout_config(trial, ctx.layout, precisions, cfg.space.granularities, cfg.space.methods,
                                        cfg.space.percentiles, resolutions=project.resolution_choices(),
                                        variants=project.variant_choices())

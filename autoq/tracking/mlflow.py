@@ -105,16 +105,21 @@ class Tracker:
             self.client.log_text(run_id, "\n".join(lines) + "\n", "per_class_ap.csv")
         self.client.set_terminated(run_id, status="FAILED" if failure else "FINISHED")
 
-    def close_stale(self, run_id: str, reason: str) -> None:
-        """Marks the run of a trial whose worker died as failed (it never finished)."""
+    def close_stale(self, run_id: str, reason: str, *, retried: bool = False) -> None:
+        """Marks the run of a trial whose worker died as failed (it never finished).
+
+        ``retried``: the trial runs again as another trial. A run the dead worker had already
+        finished (it died between logging and the study recording the result) is then closed as
+        KILLED too, so the study's counted trials and the FINISHED runs stay one to one.
+        """
         try:
             run = self.client.get_run(run_id)
         except Exception:  # the run was never created or was deleted
             return
-        if run.info.status == "RUNNING":
+        if run.info.status == "RUNNING" or (retried and run.info.status == "FINISHED"):
             self.client.set_tag(run_id, "state", "failed")
             self.client.set_tag(run_id, "failure_reason", reason)
-            self.client.set_terminated(run_id, status="FAILED")
+            self.client.set_terminated(run_id, status="FAILED" if run.info.status == "RUNNING" else "KILLED")
 
     def mark_stale_runs(self, study) -> None:
         """Closes the runs of trials the heartbeat failed (their worker died mid-trial)."""
