@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import Counter
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +53,23 @@ def suggest_config(
     ``variant`` only when ``resolutions`` / ``variants`` are given. Node parameters are keyed by the
     original model's node names; a variant ignores the ones it lacks (`Project.variant`).
     """
+    return _suggest(trial, lambda choices: {n: trial.suggest_categorical(NODE_PREFIX + n, choices) for n in node_names},
+                    precisions, granularities, methods, percentiles, resolutions=resolutions, variants=variants)
+
+
+def _suggest(
+    trial: Any,
+    ask_nodes: Callable[[list[str]], dict[str, str]],
+    precisions: Sequence[Precision],
+    granularities: Sequence[str],
+    methods: Sequence[str],
+    percentiles: Sequence[float],
+    *,
+    resolutions: Sequence[str],
+    variants: Sequence[str],
+) -> QuantConfig:
+    """The parameters every layout asks, in one fixed order; ``ask_nodes(choices)`` asks the
+    precision parameters and returns ``{node: precision}``."""
     resolution = None
     if resolutions:
         from autoq.model.resolution import parse_resolution
@@ -60,7 +77,7 @@ def suggest_config(
         resolution = parse_resolution(trial.suggest_categorical(RESOLUTION, list(resolutions)))
     variant = str(trial.suggest_categorical(VARIANT, list(variants))) if variants else ""
     choices = [p.value for p in precisions]
-    assignment = {n: trial.suggest_categorical(NODE_PREFIX + n, choices) for n in node_names}
+    assignment = ask_nodes(choices)
     granularity = trial.suggest_categorical(GRANULARITY, list(granularities))
     method = trial.suggest_categorical(METHOD, list(methods))
     percentile = None
@@ -164,24 +181,11 @@ def suggest_layout_config(
         names = [members[0] for _, members in layout.params]
         return suggest_config(trial, names, precisions, granularities, methods, percentiles,
                               resolutions=resolutions, variants=variants)
-    resolution = None
-    if resolutions:
-        from autoq.model.resolution import parse_resolution
-
-        resolution = parse_resolution(trial.suggest_categorical(RESOLUTION, list(resolutions)))
-    variant = str(trial.suggest_categorical(VARIANT, list(variants))) if variants else ""
-    choices = [p.value for p in precisions]
-    values = {name: trial.suggest_categorical(name, choices) for name, _ in layout.params}
-    granularity = trial.suggest_categorical(GRANULARITY, list(granularities))
-    method = trial.suggest_categorical(METHOD, list(methods))
-    percentile = None
-    if method == "percentile":
-        percentile = float(trial.suggest_categorical(PERCENTILE, [float(p) for p in percentiles]))
-    calibration = Calibration(granularity=granularity, method=method, percentile=percentile)
-    assignment = layout.config_nodes(values)
-    default = Counter(assignment.values()).most_common(1)[0][0] if assignment else choices[0]
-    return QuantConfig(resolution=resolution, variant=variant, calibration=calibration, default=Precision(default),
-                       nodes=assignment)
+    return _suggest(
+        trial,
+        lambda choices: layout.config_nodes({name: trial.suggest_categorical(name, choices) for name, _ in layout.params}),
+        precisions, granularities, methods, percentiles, resolutions=resolutions, variants=variants,
+    )
 
 
 def layout_params_of(
