@@ -172,9 +172,7 @@ def _num(value: float) -> float:
 
 def coco_metrics(detections: Sequence[Detections], eval_set: EvalSet) -> CocoMetrics:
     """COCOeval bbox over the images of ``eval_set`` (only those: subsets evaluate their own images)."""
-    if len(detections) != len(eval_set.metas):
-        raise ValueError(f"{len(detections)} detections for {len(eval_set.metas)} images")
-    evaluation = CocoEvaluation(eval_set)
+    evaluation = CocoEvaluation(eval_set)  # raises on a detection count other than the image count
     evaluation.add(detections)
     return evaluation.result()
 
