@@ -36,7 +36,7 @@ __all__ = [
 _LAZY = {
     "load_config": "autoq.config",
     "Project": "autoq.pipeline",
-    "run_search": "autoq.search.study",
+    "run_search": "autoq.app.search",
     "export_trial": "autoq.export.run",
 }
 

@@ -62,7 +62,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def _print_front(project, study) -> None:
-    from autoq.search.study import format_pareto, pareto_rows
+    from autoq.results.front import format_pareto, pareto_rows
 
     base = project.baseline
     print(f"\nfloat mAP {100 * base.map:.2f} (AP50 {100 * base.map50:.2f}); Pareto front (mAP and drop in points):")
@@ -78,7 +78,7 @@ def _print_mlflow_hint(project) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from autoq.search.study import run_search
+    from autoq.app.search import run_search
 
     project = _project(args)
     if args.workers > 1:
@@ -94,10 +94,11 @@ def _run_workers(project, args: argparse.Namespace):
     """Prepares the study here, then runs ``--workers`` `autoq worker` processes on it."""
     import subprocess
 
-    from autoq.search.study import finish_study, prepare_study
+    from autoq.app.publish import finish_study
+    from autoq.search.loop import prepare_study
 
     cfg = project.config
-    study, tracker, parent = prepare_study(project, seed=args.seed, log=_log)
+    prepared = prepare_study(project, seed=args.seed, log=_log)
     budget = args.budget or cfg.search.budget
     cmd = [sys.executable, "-m", "autoq", "worker", "--config", str(cfg.file), "--budget", str(budget)]
     cmd += ["--storage", cfg.storage_url(), "--study-name", cfg.search.study_name]
@@ -110,12 +111,12 @@ def _run_workers(project, args: argparse.Namespace):
     codes = [p.wait() for p in procs]
     if any(codes):
         _log(f"warning: worker exit codes {codes}; finished trials are kept, rerun to complete the budget")
-    finish_study(project, study, tracker, parent, log=_log)
-    return study
+    finish_study(project, prepared, log=_log)
+    return prepared.study
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from autoq.search.study import run_search
+    from autoq.app.search import run_search
 
     prefix = f"[worker {args.worker_index}] "
     project = _project(args, log=lambda m: _log(prefix + m))
@@ -131,10 +132,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
-    from autoq.search.study import open_study
+    from autoq.results.store import load_study
 
     project = _project(args)
-    study = open_study(project, create=False)
+    study = load_study(project)
     _print_front(project, study)
     return 0
 
@@ -155,17 +156,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_check_fidelity(args: argparse.Namespace) -> int:
-    from autoq.quant.fidelity import fidelity_report
+    from autoq.report.fidelity import fidelity_report
 
     print(fidelity_report(_project(args), args.trial))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from autoq.app.search import run_search
     from autoq.config import load_config
     from autoq.demo.project import write_demo_project
     from autoq.pipeline import Project
-    from autoq.search.study import run_search
 
     config_path = write_demo_project(Path(args.dir), log=_log)
     project = Project(load_config(config_path), log=_log)
@@ -195,7 +196,11 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
-    from autoq.search.sensitivity import run_sensitivity, sensitivity_table, write_outputs
+    from autoq.search.sensitivity import (
+        run_sensitivity,
+        sensitivity_table,
+        write_outputs,
+    )
 
     project = _project(args, log=_log)
     sens = run_sensitivity(project, images=args.images, force=args.force, log=_log)
@@ -279,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="sensitivity.csv", help="CSV file (ranked bar chart PNG written next to it)")
     p.set_defaults(func=cmd_sensitivity)
 
-    from autoq.surrogates.cli import add_cost_model_parser
+    from autoq.app.cost_model import add_cost_model_parser
 
     add_cost_model_parser(sub)
 

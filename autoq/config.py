@@ -19,6 +19,9 @@ from autoq.plan import GRANULARITIES, Precision
 
 DEFAULT_CONFIG = "autoq.yaml"
 
+#: ``search.sampler`` values (`autoq.search.sampler.make_sampler` builds them)
+SAMPLERS = ("auto", "tpe", "nsga2", "random", "gp")
+
 
 @dataclass(frozen=True)
 class ModelSection:
@@ -314,8 +317,7 @@ def _validate(cfg: ProjectConfig) -> None:
     must(cfg.search.heartbeat_seconds > 0, "search.heartbeat_seconds", "must be > 0")
     if cfg.search.timeout is not None:
         must(cfg.search.timeout > 0, "search.timeout", "must be > 0 seconds")
-    samplers = ("auto", "tpe", "nsga2", "random", "gp")
-    must(cfg.search.sampler in samplers, "search.sampler", f"must be one of {', '.join(samplers)}")
+    must(cfg.search.sampler in SAMPLERS, "search.sampler", f"must be one of {', '.join(SAMPLERS)}")
     for i, seed in enumerate(cfg.search.seeds):
         must(seed.is_file(), f"search.seeds[{i}]", f"file not found: {seed}; give a quant_config.yaml (MLflow artifact)")
     if cfg.search.max_map_drop is not None:

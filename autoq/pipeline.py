@@ -16,6 +16,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from autoq.config import ProjectConfig
 from autoq.errors import ConfigError, ModelError
 from autoq.plan import Precision, QuantConfig, TrialResult
@@ -217,7 +219,7 @@ class Project:
         d = self.config.data
         # Key: model bytes (the variant: resolution and rewrites change them), input size and
         # preprocessing, and the content of the calibration files; nothing is decoded on a cache hit.
-        files = _calibration_files(d.calib_images, d.calib_count)
+        files = calibration_files(d.calib_images, d.calib_count)
         key = stats_key(self.model.sha256, self._preprocess_key(), str(d.calib_count), *files)
         decoded: list[int] = []
 
@@ -234,13 +236,13 @@ class Project:
         return stats
 
     @cached_property
-    def session_settings(self):  # -> autoq.objectives.session.SessionSettings
+    def session_settings(self):  # -> autoq.runtime.session.SessionSettings
         """ORT session settings measured once on the float model (cached; see `tune_session`)."""
         import os
 
         import onnxruntime
 
-        from autoq.objectives.session import tune_session
+        from autoq.runtime.tune import tune_session
 
         key = _sha(self.model.sha256, str(self.input_size), str(os.cpu_count()), onnxruntime.__version__)
         return tune_session(
@@ -282,27 +284,43 @@ class Project:
         return self.outputs(self.model.serialized())
 
     @cached_property
-    def cosine_reference(self):  # -> autoq.report.cosine.CosineReference
-        """Float outputs kept (bounded memory) to log each trial's per-output cosine (``cos/<output>``)."""
-        from autoq.report.cosine import CosineReference
+    def cosine_reference(self):  # -> autoq.objectives.similarity.CosineReference
+        """Float outputs kept (bounded memory) to log each trial's per-output cosine (``cos/<output>``).
 
-        return CosineReference.for_project(self)
+        Reuses `float_outputs` when already computed, else runs the float model on as many leading
+        eval images as fit in the budget (one image first to measure the size)."""
+        from autoq.objectives.similarity import DEFAULT_BUDGET_BYTES, CosineReference
+        from autoq.runtime.runner import run_model
+        from autoq.runtime.session import create_session
+
+        names = self.model.output_names
+        if "float_outputs" in self.__dict__:
+            return CosineReference.from_outputs(names, self.float_outputs)
+        images, settings = self.eval_set.images, self.session_settings
+        session = create_session(self.model.serialized(), settings=settings)
+        probe = run_model(session, images[:1], self.preprocess, batch_size=1, settings=settings)
+        per_image = sum(np.asarray(a).nbytes for a in probe[0]) or 1
+        keep = max(1, min(len(images), DEFAULT_BUDGET_BYTES // per_image))
+        outs = probe if keep == 1 else run_model(
+            session, images[:keep], self.preprocess, batch_size=settings.batch_size, settings=settings
+        )
+        return CosineReference.from_outputs(names, outs, total_images=len(images), keep=keep)
 
     # --- one trial ---------------------------------------------------------------------------
     def outputs(self, model_bytes) -> list[list[Any]]:
         """One inference pass over the cached eval images: raw outputs per batch, per model output.
 
         ``model_bytes``: serialized model or an ORT session (sessions use `session_settings`)."""
-        from autoq.objectives.accuracy import run_model
+        from autoq.runtime.runner import run_model
 
         settings = self.session_settings
         return run_model(model_bytes, self.eval_set.images, self.preprocess, batch_size=settings.batch_size, settings=settings)
 
-    def stream_outputs(self, session):  # -> autoq.objectives.stream.StreamedOutputs
+    def stream_outputs(self, session):  # -> autoq.runtime.stream.StreamedOutputs
         """`outputs` of an ORT session, readable batch by batch as they finish: on a background thread
         when the session settings leave a core free for the scoring, else the whole pass first."""
-        from autoq.objectives.accuracy import stream_model
-        from autoq.objectives.session import usable_cores
+        from autoq.runtime.runner import stream_model
+        from autoq.runtime.session import usable_cores
 
         settings = self.session_settings
         free_core = 0 < settings.intra_op_threads < usable_cores()
@@ -336,8 +354,8 @@ class Project:
     def ranges(self, config: QuantConfig) -> dict[str, tuple[float, float]]:
         """Activation ranges for ``config`` from the cached statistics: its method (and percentile),
         int16 ranges for the tensors its int16 nodes touch (memoized per method and bit width)."""
-        from autoq.quant.calibrate import activation_ranges
         from autoq.quant.qdq import config_int16_tensors
+        from autoq.quant.ranges import activation_ranges
 
         return activation_ranges(
             self.stats, config.calibration, int16_tensors=config_int16_tensors(self.model, config)
@@ -347,7 +365,12 @@ class Project:
         """The trial's QDQ ModelProto, from cached ranges (no calibration pass)."""
         from autoq.quant.qdq import build_qdq
 
-        return build_qdq(self.model, config, self.ranges(config) if ranges is None else ranges)
+        return build_qdq(self.model, config, self.ranges(config) if ranges is None else ranges, memo=self.weight_memo)
+
+    @cached_property
+    def weight_memo(self) -> dict[Any, Any]:
+        """Weights' quantization reused across this model's QDQ builds (`autoq.quant.ort_fast`)."""
+        return {}
 
     def latency(self, config: QuantConfig, proto=None):
         """Cost-model estimate; with target mode ``measured`` and the trial's QDQ ``proto``, timed here."""
@@ -386,7 +409,7 @@ class Project:
             return state.evaluate(state.config_for(config))
         base = self.root.baseline  # map_drop: always against the original at its own resolution
         seconds: dict[str, Any] = {}
-        from autoq.objectives.accuracy import create_session
+        from autoq.runtime.session import create_session
 
         t = time.perf_counter()
         ranges = self.ranges(config)
@@ -507,7 +530,7 @@ class VariantState(Project):
         self.root.validate_config(config)
 
 
-def _calibration_files(folder: Path, count: int) -> tuple[str, ...]:
+def calibration_files(folder: Path, count: int) -> tuple[str, ...]:
     """``name:sha256`` of the candidate calibration files (what `load_calibration` reads), without decoding.
 
     (An undecodable file is replaced by the next one when decoding; that replacement is not in the key.)

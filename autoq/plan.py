@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -183,11 +184,10 @@ class TrialResult:
             "latency_ms": self.latency_ms,
             "images": float(self.images),
             **{f"sim_{k}": float(v) for k, v in self.similarity.items()},
-            **{_cos_key(k): float(v) for k, v in self.output_cosine.items()},
+            **{cosine_metric_name(k): float(v) for k, v in self.output_cosine.items()},
         }
 
 
-def _cos_key(output: str) -> str:
-    from autoq.report.cosine import metric_name
-
-    return metric_name(output)
+def cosine_metric_name(output: str) -> str:
+    """An MLflow-safe metric key for model output ``output``: ``cos/<output>``."""
+    return "cos/" + (re.sub(r"[^A-Za-z0-9_\-. /]", "_", output) or "output")

@@ -103,8 +103,9 @@ def make_configs(names: list[str], seed: int = 0):
 
 def main() -> int:
     from autoq.model.graph import node_table
-    from autoq.quant.calibrate import activation_ranges, collect_stats
+    from autoq.quant.calibrate import collect_stats
     from autoq.quant.qdq import build_qdq
+    from autoq.quant.ranges import activation_ranges
     from autoq.surrogates.cost_model import estimate_latency, load_target
     from autoq.surrogates.fit import Measurement, fit_target, mape
     from autoq.surrogates.measure import measure_many

@@ -97,7 +97,9 @@ def project_for(name: str, cfg_path: Path):
 
 
 def run(names: list[str], cfg_path: Path) -> None:
-    from autoq.search.study import counted_trials, open_study, run_search
+    from autoq.app.search import run_search
+    from autoq.results.trials import counted_trials
+    from autoq.search.study import open_study
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name in names:
@@ -144,7 +146,7 @@ def report(cfg_path: Path) -> None:
     from optuna.trial import TrialState
 
     from autoq.plan import Calibration, Precision, QuantConfig
-    from autoq.search.study import counted_trials
+    from autoq.results.trials import counted_trials
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     project = project_for("reference", cfg_path)

@@ -88,7 +88,8 @@ def staged_trial(project, config) -> dict[str, float]:
     * ``postprocess_nms`` / ``cocoeval``: the scoring stages timed alone on that pass's outputs
       (inside the trial they overlap the inference).
     """
-    from autoq.objectives.accuracy import coco_metrics, create_session, detect
+    from autoq.objectives.accuracy import coco_metrics, detect
+    from autoq.runtime.session import create_session
 
     t = time.perf_counter()
     result = project.evaluate(config)
@@ -110,13 +111,20 @@ def staged_trial(project, config) -> dict[str, float]:
 def naive_trial(project, config) -> dict[str, float]:
     """What a loop without caching does: quantize_static with its own calibration, then evaluate."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     from autoq.data.coco import load_calibration
     from autoq.data.preprocess import to_input
-    from autoq.objectives.accuracy import coco_metrics, create_session, detect
+    from autoq.objectives.accuracy import coco_metrics, detect
     from autoq.plan import Precision
     from autoq.quant.qdq import config_int16_tensors
+    from autoq.runtime.session import create_session
 
     s: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -239,7 +247,7 @@ def bench_project(label: str, project, args) -> float:
         )
 
     if args.fidelity:
-        from autoq.quant.fidelity import check_fidelity
+        from autoq.report.fidelity import check_fidelity
 
         diffs = []
         for i, cfg in enumerate(configs):

@@ -28,7 +28,7 @@ def main() -> int:
     from autoq.config import load_config
     from autoq.pipeline import Project
     from autoq.report.ui_shot import serve_mlflow_ui, webdriver_screenshot
-    from autoq.search.study import make_tracker
+    from autoq.results.store import make_tracker
 
     project = Project(load_config(args.config))
     tracker = make_tracker(project)  # also tags the experiment so the UI opens on its runs

@@ -85,9 +85,10 @@ def main() -> int:
         text += f"space: {{resolutions: [{res}], rewrites: [{sets}]}}\n"
     cfg_path.write_text(text)
 
+    from autoq.app.search import run_search
     from autoq.config import load_config
     from autoq.pipeline import Project
-    from autoq.search.study import format_pareto, pareto_rows, run_search
+    from autoq.results.front import format_pareto, pareto_rows
 
     project = Project(load_config(cfg_path), log=lambda m: print(m, file=sys.stderr))
     t = time.perf_counter()

@@ -12,7 +12,9 @@ from onnx import TensorProto, helper
 
 from autoq.adapters.base import Detections
 from autoq.data import Preprocess, load_eval_set, subset_eval_set
-from autoq.objectives.accuracy import CocoMetrics, coco_metrics, create_session, detect, evaluate, run_model
+from autoq.objectives.accuracy import CocoMetrics, coco_metrics, detect, evaluate
+from autoq.runtime.runner import run_model
+from autoq.runtime.session import create_session
 
 
 @pytest.fixture()

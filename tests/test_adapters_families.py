@@ -18,7 +18,8 @@ from autoq.adapters import ADAPTERS, bind_output_names, load_adapter
 from autoq.adapters.base import ImageMeta
 from autoq.data import Preprocess, load_eval_set
 from autoq.errors import ConfigError
-from autoq.objectives.accuracy import coco_metrics, detect, run_model
+from autoq.objectives.accuracy import coco_metrics, detect
+from autoq.runtime.runner import run_model
 
 ORIG = (64, 96)  # original images (h, w)
 NET = (32, 48)  # network input: letterbox scale 0.5, no padding

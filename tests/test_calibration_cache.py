@@ -145,7 +145,7 @@ def test_old_format_cache_is_recomputed(project_dir, tmp_path):
 
 
 def test_check_fidelity_runs_both_ways(project_dir):
-    from autoq.quant.fidelity import FidelityResult, check_fidelity
+    from autoq.report.fidelity import FidelityResult, check_fidelity
 
     r = check_fidelity(_project(project_dir), CONFIGS[0])
     assert isinstance(r, FidelityResult)

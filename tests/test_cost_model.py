@@ -8,8 +8,14 @@ from pathlib import Path
 import pytest
 
 from autoq.errors import ConfigError
-from autoq.plan import Precision, QuantConfig
-from autoq.surrogates.cost_model import TARGETS, LatencyEstimate, Target, estimate_latency, load_target
+from autoq.plan import QuantConfig
+from autoq.surrogates.cost_model import (
+    TARGETS,
+    LatencyEstimate,
+    Target,
+    estimate_latency,
+    load_target,
+)
 
 try:
     from autoq.model.graph import NodeInfo

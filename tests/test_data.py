@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from autoq.adapters.base import ImageMeta
-from autoq.data import EvalSet, Preprocess, load_calibration, load_eval_set, prepare_image, read_image, to_input
+from autoq.data import (
+    EvalSet,
+    Preprocess,
+    load_calibration,
+    load_eval_set,
+    prepare_image,
+    read_image,
+    to_input,
+)
 from autoq.data.coco import subset_eval_set
 from autoq.errors import ConfigError, DataError
 

@@ -52,7 +52,9 @@ def test_export_parses_back_to_the_same_precisions(demo_dir, tmp_path):
     from autoq.export.horizon import read_horizon
     from autoq.pipeline import Project
     from autoq.plan import Precision
-    from autoq.search.study import get_trial, open_study, trial_config
+    from autoq.results.trials import get_trial
+    from autoq.search.study import open_study
+    from autoq.trial_record import trial_config
 
     out = tmp_path / "trial2.yaml"
     assert main(["export", "-c", str(demo_dir / "autoq.yaml"), "--trial", "2", "--format", "horizon", "-o", str(out)]) == 0

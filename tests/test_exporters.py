@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_export_horizon import MIXED, NODES, Preprocess, make_ctx
 
 from autoq.errors import ConfigError, ExportError
 from autoq.export import EXPORTERS, export_config
@@ -22,7 +23,6 @@ from autoq.export.rknn import read_rknn
 from autoq.export.tensorrt import read_tensorrt
 from autoq.export.vastai import read_vastai
 from autoq.plan import Calibration, Precision, QuantConfig
-from test_export_horizon import MIXED, NODES, Preprocess, make_ctx
 
 OUTPUTS = {n: (f"{n}_out",) for n in NODES}
 OUTPUTS[NODES[3]] = ("reg_out", "reg_aux")  # a node with two outputs
@@ -397,16 +397,16 @@ def test_unknown_format_lists_every_builtin(tmp_path: Path) -> None:
 def test_export_pareto_writes_one_folder_per_front_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     optuna = pytest.importorskip("optuna")
     import autoq.export.run as run
-    import autoq.search.study as study_mod
+    import autoq.trial_record as record
 
     study = optuna.create_study(study_name="yolox-nano", directions=["minimize", "minimize"])
     configs = [MIXED, FLOAT_ONLY, QuantConfig.uniform("int8"), QuantConfig.uniform("float")]
     values = [(0.01, 9.0), (0.02, 8.0), (0.05, 5.0), (0.06, 20.0)]  # the last is dominated
     for cfg, v in zip(configs, values):
-        study.add_trial(optuna.trial.create_trial(values=list(v), user_attrs={study_mod.CONFIG_ATTR: cfg.to_dict()}))
-    monkeypatch.setattr(study_mod, "open_study", lambda project, create=True: study)
+        study.add_trial(optuna.trial.create_trial(values=list(v), user_attrs={record.CONFIG_ATTR: cfg.to_dict()}))
+    monkeypatch.setattr(run, "load_study", lambda project: study)
     monkeypatch.setattr(run, "trial_context", lambda project, s, t: dataclasses.replace(
-        ctx_for(study_mod.trial_config(t)), trial=t.number, map_drop=t.values[0], latency_ms=t.values[1]))
+        ctx_for(record.trial_config(t)), trial=t.number, map_drop=t.values[0], latency_ms=t.values[1]))
 
     files = run.export_pareto(object(), fmt="tensorrt", out_dir=tmp_path / "front")
     assert [p.relative_to(tmp_path / "front").as_posix() for p in files] == [
@@ -423,11 +423,11 @@ def test_export_pareto_writes_one_folder_per_front_trial(tmp_path: Path, monkeyp
 def test_export_pareto_fails_when_no_front_trial_fits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     optuna = pytest.importorskip("optuna")
     import autoq.export.run as run
-    import autoq.search.study as study_mod
+    import autoq.trial_record as record
 
     study = optuna.create_study(study_name="m", directions=["minimize", "minimize"])
-    study.add_trial(optuna.trial.create_trial(values=[0.0, 1.0], user_attrs={study_mod.CONFIG_ATTR: MIXED.to_dict()}))
-    monkeypatch.setattr(study_mod, "open_study", lambda project, create=True: study)
-    monkeypatch.setattr(run, "trial_context", lambda project, s, t: ctx_for(study_mod.trial_config(t)))
+    study.add_trial(optuna.trial.create_trial(values=[0.0, 1.0], user_attrs={record.CONFIG_ATTR: MIXED.to_dict()}))
+    monkeypatch.setattr(run, "load_study", lambda project: study)
+    monkeypatch.setattr(run, "trial_context", lambda project, s, t: ctx_for(record.trial_config(t)))
     with pytest.raises(ExportError, match=r"no Pareto trial can be written as vastai: trial 0: vamc has no int16"):
         run.export_pareto(object(), fmt="vastai", out_dir=tmp_path / "v", log=lambda _m: None)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_cost_model import conv, simple
 
 from autoq.plan import QuantConfig
 from autoq.surrogates.cost_model import estimate_latency, load_target, target_from_dict
 from autoq.surrogates.fit import Measurement, fit_target, load_measurements, mape, nnls
-from test_cost_model import conv, simple
 
 
 def net(depth: int, h: int, c: int = 128) -> list:

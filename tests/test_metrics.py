@@ -14,7 +14,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 from autoq.config import load_config
 from autoq.errors import ConfigError
-from autoq.objectives.metrics import METRICS, MetricContext, MetricResult, drop, load_metric
+from autoq.objectives.metrics import (
+    METRICS,
+    MetricContext,
+    MetricResult,
+    drop,
+    load_metric,
+)
 from autoq.objectives.similarity import output_similarity, similarity_per_output
 from autoq.pipeline import Project
 from autoq.plan import Precision, QuantConfig

@@ -11,10 +11,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_project import make_tiny_project  # noqa: E402
 
+from autoq.app.search import run_search  # noqa: E402
 from autoq.cli import main  # noqa: E402
 from autoq.config import load_config  # noqa: E402
 from autoq.pipeline import Project  # noqa: E402
-from autoq.search.study import make_tracker, run_search  # noqa: E402
+from autoq.results.store import make_tracker
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,8 @@ def test_update_pareto_writes_only_changed_runs(searched):
 
 
 def test_cosine_reference_bounded_and_exact():
-    from autoq.report.cosine import CosineReference, metric_name
+    from autoq.objectives.similarity import CosineReference
+    from autoq.plan import cosine_metric_name as metric_name
 
     rng = np.random.default_rng(0)
     batches = [[rng.standard_normal((1, 10, 4)).astype(np.float32)] for _ in range(5)]
@@ -133,7 +135,11 @@ def test_bad_trial_is_a_one_line_error(searched, capsys):
 
 @pytest.mark.slow
 def test_mlflow_ui_screenshot_shows_the_runs(searched, tmp_path):
-    from autoq.report.ui_shot import chromium_binary, chromium_screenshot, serve_mlflow_ui
+    from autoq.report.ui_shot import (
+        chromium_binary,
+        chromium_screenshot,
+        serve_mlflow_ui,
+    )
 
     if chromium_binary() is None:
         pytest.skip("chromium not installed (Debian: apt-get install -y chromium chromium-driver; see .ci/run)")

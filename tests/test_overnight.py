@@ -14,10 +14,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_project import make_tiny_project  # noqa: E402
 
+from autoq.app.search import run_search  # noqa: E402
 from autoq.cli import main  # noqa: E402
 from autoq.config import load_config  # noqa: E402
 from autoq.pipeline import Project  # noqa: E402
-from autoq.search.study import counted_trials, open_study, redact, run_search  # noqa: E402
+from autoq.results.store import redact
+from autoq.results.trials import counted_trials
+from autoq.search.study import open_study
 
 
 def _child_runs(root: Path, experiment: str = "tiny"):
@@ -103,8 +106,8 @@ def test_two_workers_fill_the_budget_exactly(tmp_path):
 
 _POP_ALL = """
 import sys, optuna
-from autoq.search.study import _storage
-study = optuna.load_study(study_name="q", storage=_storage(sys.argv[1], 60))
+from autoq.results.store import open_storage
+study = optuna.load_study(study_name="q", storage=open_storage(sys.argv[1], 60))
 got = []
 while (tid := study._pop_waiting_trial_id()) is not None:
     got.append(tid)
@@ -116,10 +119,10 @@ def test_sqlite_queue_hands_each_waiting_trial_to_one_worker(tmp_path):
     """Without BEGIN IMMEDIATE, pysqlite lets two processes pop the same queued trial (optuna#4002)."""
     import optuna
 
-    from autoq.search.study import _storage
+    from autoq.results.store import open_storage
 
     url = f"sqlite:///{tmp_path / 'q.db'}"
-    study = optuna.create_study(study_name="q", storage=_storage(url, 60))
+    study = optuna.create_study(study_name="q", storage=open_storage(url, 60))
     for i in range(150):
         study.enqueue_trial({"x": i})
     procs = [subprocess.Popen([sys.executable, "-c", _POP_ALL, url], stdout=subprocess.PIPE, text=True)
@@ -134,11 +137,11 @@ def test_worker_dead_inside_ask_does_not_hang_the_budget(tmp_path, monkeypatch):
     trial without heartbeat that Optuna never calls stale; the exact-budget wait must still end."""
     from optuna.trial import TrialState
 
-    import autoq.search.study as study_mod
+    import autoq.search.recovery as recovery
 
     project = Project(load_config(make_tiny_project(tmp_path)))
     orphan = open_study(project).ask()  # RUNNING, no heartbeat, never reaches the objective
-    monkeypatch.setattr(study_mod, "ORPHAN_SECONDS", 0.0)  # then 6 x heartbeat_seconds (1 s here)
+    monkeypatch.setattr(recovery, "ORPHAN_SECONDS", 0.0)  # then 6 x heartbeat_seconds (1 s here)
     study = run_search(project, budget=3, timeout=90, log=lambda _m: None)
     done = [t for t in counted_trials(study) if t.state is not TrialState.WAITING]  # queued leftovers wait for a rerun
     assert len(done) == 3 and all(t.state is TrialState.COMPLETE for t in done)

@@ -99,7 +99,8 @@ def test_two_workers_exact_budget_on_postgres(tmp_path, postgres):
     from optuna.trial import TrialState
 
     from autoq.cli import main
-    from autoq.search.study import counted_trials, open_study
+    from autoq.results.trials import counted_trials
+    from autoq.search.study import open_study
 
     cfg, project, tracking = _setup(tmp_path, postgres, "exact")
     assert main(["search", "-c", str(cfg), "--budget", "8", "--workers", "2"]) == 0
@@ -112,7 +113,9 @@ def test_two_workers_exact_budget_on_postgres(tmp_path, postgres):
 def test_killed_worker_the_other_completes_the_budget(tmp_path, postgres):
     from optuna.trial import TrialState
 
-    from autoq.search.study import counted_trials, open_study, prepare_study
+    from autoq.results.trials import counted_trials
+    from autoq.search.loop import prepare_study
+    from autoq.search.study import open_study
 
     cfg, project, tracking = _setup(tmp_path, postgres, "kill", n_eval=40)
     prepare_study(project, log=lambda _m: None)

@@ -11,8 +11,9 @@ from autoq.errors import ModelError
 from autoq.model.graph import LoadedModel, load_model
 from autoq.plan import Calibration, QuantConfig
 from autoq.quant import calibrate
-from autoq.quant.calibrate import ActivationStats, activation_ranges, collect_stats, stats_key
+from autoq.quant.calibrate import ActivationStats, collect_stats, stats_key
 from autoq.quant.qdq import build_qdq
+from autoq.quant.ranges import activation_ranges
 
 
 def _exact_int8_weights(rng: np.random.Generator, shape: tuple[int, ...], step: float) -> np.ndarray:
@@ -83,7 +84,11 @@ def _init(proto: onnx.ModelProto, name: str) -> np.ndarray:
 
 
 def test_minmax_matches_ort_calibrator(tiny, tmp_path):
-    from onnxruntime.quantization.calibrate import CalibrationDataReader, CalibrationMethod, create_calibrator
+    from onnxruntime.quantization.calibrate import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        create_calibrator,
+    )
 
     batches = _batches(5)
     stats = collect_stats(tiny, batches, cache_dir=None, key="x")
@@ -277,8 +282,7 @@ def test_integer_sessions_keep_float_nodes_weights_float(tmp_path):
     integer path; autoq's sessions switch it off, so integer kernels match fake-quant (the fidelity check)."""
     import onnxruntime as ort
 
-    from autoq.objectives.accuracy import create_session
-    from autoq.objectives.session import SessionSettings
+    from autoq.runtime.session import SessionSettings, create_session
 
     rng = np.random.default_rng(0)
     w2 = (rng.standard_normal((8, 8, 3, 3)) * 0.05).astype(np.float32)

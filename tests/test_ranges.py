@@ -57,7 +57,10 @@ def setup(tmp_path_factory):
 
 
 def _ort_ranges(model, batches, tmp, method, **extra):
-    from onnxruntime.quantization.calibrate import CalibrationDataReader, create_calibrator
+    from onnxruntime.quantization.calibrate import (
+        CalibrationDataReader,
+        create_calibrator,
+    )
 
     path = tmp / f"ref-{method.name}.onnx"
     onnx.save_model(model.proto, str(path))
@@ -238,3 +241,31 @@ def test_fast_build_is_byte_identical_on_the_demo_detector(tmp_path):
     ):
         ranges = activation_ranges(stats, cfg.calibration, int16_tensors=config_int16_tensors(model, cfg))
         assert build_qdq(model, cfg, ranges).SerializeToString() == build_qdq(model, cfg, ranges, fast=False).SerializeToString()
+
+
+def test_unverified_onnxruntime_builds_with_the_plain_quantizer(setup, monkeypatch):
+    """On an onnxruntime the speed-ups were not verified on, build_qdq uses ORT's own quantizer untouched."""
+    from onnxruntime.quantization import qdq_quantizer
+
+    from autoq.quant import ort_fast
+
+    model, _, stats, _ = setup
+    cfg = QuantConfig(default="int8", nodes={"sig": "int16"}, calibration=Calibration(granularity="per_channel"))
+    ranges = activation_ranges(stats, cfg.calibration, int16_tensors=config_int16_tensors(model, cfg))
+    expected = build_qdq(model, cfg, ranges, fast=False).SerializeToString()
+    monkeypatch.setattr(ort_fast, "supported", lambda: False)
+    monkeypatch.setattr(ort_fast, "fast_lookups", None)  # would fail if used
+    monkeypatch.setattr(ort_fast, "memo_quantizer", None)
+    find = qdq_quantizer.find_by_name
+    assert build_qdq(model, cfg, ranges).SerializeToString() == expected
+    assert qdq_quantizer.find_by_name is find
+
+
+def test_ort_speedups_are_on_for_this_onnxruntime():
+    """The installed onnxruntime is one the speed-ups were verified on (else builds are just slower):
+    a new ORT release needs the byte-identity tests above run and VERIFIED_ORT extended."""
+    import onnxruntime
+
+    from autoq.quant import ort_fast
+
+    assert ort_fast.supported(), f"onnxruntime {onnxruntime.__version__} not in {sorted(ort_fast.VERIFIED_ORT)}"

@@ -10,7 +10,9 @@ import pytest
 
 from autoq.adapters import load_adapter
 from autoq.data import Preprocess, load_eval_set
-from autoq.objectives.accuracy import coco_metrics, create_session, detect, run_model
+from autoq.objectives.accuracy import coco_metrics, detect
+from autoq.runtime.runner import run_model
+from autoq.runtime.session import create_session
 
 DATA = Path(os.environ.get("AUTOQ_REAL_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 MODEL = DATA / "models" / "yolox_nano.onnx"

@@ -106,11 +106,11 @@ def test_no_match_and_unknown_name_fail_clearly():
 def test_search_with_resolutions_and_a_rewrite(tmp_path):
     from tiny_project import make_tiny_project
 
+    from autoq.app.search import run_search
     from autoq.config import load_config
     from autoq.export.run import trial_context
     from autoq.pipeline import Project
     from autoq.plan import QuantConfig
-    from autoq.search.study import run_search
 
     cfg = make_tiny_project(tmp_path / "p", extra=(
         "space: {precisions: [int8, float], granularities: [per_channel],"

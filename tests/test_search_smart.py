@@ -136,15 +136,16 @@ def _trials(study):
 
 
 def test_search_seeds_knapsack_within_bounds_and_grouped_space(tmp_path):
-    from autoq.search.space import BAND_PREFIX, UNIT_PREFIX
-    from autoq.search.study import SEED_CONFIG_ATTR, run_search, search_context
+    from autoq.app.search import run_search
+    from autoq.search.space import BAND_PREFIX, UNIT_PREFIX, SpaceLayout
+    from autoq.trial_record import SEED_CONFIG_ATTR, SPACE_ATTR
 
     project = _cfg(tmp_path, "budget: 7, sensitivity_images: 4, max_map_drop: 30.0, early_stop_images: 0",
                    extra="space: {per_node_top_k: 2, bands: 2}\n")
     lines: list[str] = []
     study = run_search(project, log=lines.append)
-    ctx = search_context(project)
-    names = [n for n, _ in ctx.layout.params]
+    layout = SpaceLayout.from_json(study.user_attrs[SPACE_ATTR])
+    names = [n for n, _ in layout.params]
     assert names[:2] == [UNIT_PREFIX + "convF", names[1]] and names[1].startswith(UNIT_PREFIX)
     assert all(n.startswith(BAND_PREFIX) for n in names[2:])
     seeds = [t for t in _trials(study) if SEED_CONFIG_ATTR in t.user_attrs]
@@ -159,7 +160,7 @@ def test_search_seeds_knapsack_within_bounds_and_grouped_space(tmp_path):
     for t in seeds:
         if "quant_config" in t.user_attrs:
             assert t.user_attrs["quant_config"] == t.user_attrs[SEED_CONFIG_ATTR]
-    # the sweep is on the parent run (PARENT_ARTIFACT_HOOKS)
+    # the sweep is on the parent run
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -193,7 +194,8 @@ def test_early_stop_prunes_a_clearly_bad_config_and_logs_it_partial(tmp_path):
     from mlflow.tracking import MlflowClient
     from optuna.trial import TrialState
 
-    from autoq.search.study import PARTIAL_ATTR, run_search
+    from autoq.app.search import run_search
+    from autoq.trial_record import PARTIAL_ATTR
 
     project = _cfg(tmp_path, "budget: 3, sensitivity: false, max_map_drop: 0.1, early_stop_images: 4, early_stop_margin: 0.2",
                    n_eval=12)
@@ -212,8 +214,9 @@ def test_early_stop_prunes_a_clearly_bad_config_and_logs_it_partial(tmp_path):
 def test_constraints_hold_in_the_front_and_an_infeasible_study_still_reports(tmp_path):
     from optuna.trial import TrialState
 
+    from autoq.app.search import run_search
     from autoq.export.run import export_pareto
-    from autoq.search.study import front_is_feasible, front_trials, run_search
+    from autoq.results.front import front_is_feasible, front_trials
 
     project = _cfg(tmp_path / "a", "budget: 8, sensitivity_images: 4, early_stop_images: 0, max_map_drop: 0.3")
     study = run_search(project, log=lambda _m: None)
@@ -233,8 +236,8 @@ def test_constraints_hold_in_the_front_and_an_infeasible_study_still_reports(tmp
 def test_seed_file_with_unknown_node_is_a_clear_error(tmp_path):
     import yaml
 
+    from autoq.app.search import run_search
     from autoq.cli import main
-    from autoq.search.study import run_search
 
     (tmp_path / "seed.yaml").parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / "seed.yaml").write_text(yaml.safe_dump({"default": "int8", "nodes": {"conv_nosuch": "int16"}}))
@@ -245,7 +248,7 @@ def test_seed_file_with_unknown_node_is_a_clear_error(tmp_path):
 
 
 def test_changed_space_on_an_existing_study_names_the_fix(tmp_path):
-    from autoq.search.study import run_search
+    from autoq.app.search import run_search
 
     project = _cfg(tmp_path, "budget: 2, sensitivity: false")
     run_search(project, log=lambda _m: None)
@@ -256,9 +259,10 @@ def test_changed_space_on_an_existing_study_names_the_fix(tmp_path):
 
 
 def test_legacy_per_node_study_keeps_its_space(tmp_path):
-    from autoq.search.space import NODE_PREFIX
+    from autoq.app.search import run_search
     from autoq.plan import QuantConfig
-    from autoq.search.study import open_study, run_search
+    from autoq.search.space import NODE_PREFIX
+    from autoq.search.study import open_study
 
     project = _cfg(tmp_path, "budget: 3, sensitivity_images: 2")
     study = open_study(project)

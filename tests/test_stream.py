@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from autoq.objectives.stream import StreamedOutputs
+from autoq.runtime.stream import StreamedOutputs
 
 
 def test_consumer_reads_batch_0_while_batch_1_is_still_running():
@@ -63,7 +63,8 @@ def test_stream_model_equals_run_model(tmp_path):
     from onnx import TensorProto, helper
 
     from autoq.data import Preprocess
-    from autoq.objectives.accuracy import create_session, run_model, stream_model
+    from autoq.runtime.runner import run_model, stream_model
+    from autoq.runtime.session import create_session
 
     for batch in (2, "N"):
         graph = helper.make_graph(

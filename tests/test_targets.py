@@ -7,11 +7,16 @@ import io
 from pathlib import Path
 
 import pytest
+from test_cost_model import chain, conv, simple
 
 from autoq.errors import ConfigError
 from autoq.plan import QuantConfig
-from autoq.surrogates.cost_model import TARGETS, estimate_latency, load_target, target_from_dict
-from test_cost_model import chain, conv, simple
+from autoq.surrogates.cost_model import (
+    TARGETS,
+    estimate_latency,
+    load_target,
+    target_from_dict,
+)
 
 BUILT_IN = sorted(TARGETS.names())
 EXPECTED = {"horizon-x3", "horizon-j5", "axera-ax620a", "axera-ax650", "vastai-va1", "ascend-310",

@@ -5,14 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from autoq.errors import ExportError, SearchError
+from autoq.export import export_config
+from autoq.export.base import ExportContext
 from autoq.pipeline import Project, model_file_for_export
+from autoq.results.front import front_trials
+from autoq.results.store import load_study
+from autoq.results.trials import get_trial
+from autoq.trial_record import trial_config
 
 
-def trial_context(project: Project, study, t):  # -> autoq.export.base.ExportContext
+def trial_context(project: Project, study, t) -> ExportContext:
     """The ExportContext of finished trial ``t`` of ``study``."""
-    from autoq.export.base import ExportContext
-    from autoq.search.study import trial_config
-
     # the trial's variant (resolution, rewrites or user variant): its model file, written under
     # .autoq/export/ by hash, and the config as that model's nodes see it
     state = project.variant(trial_config(t).resolution, trial_config(t).variant)
@@ -40,10 +44,7 @@ def trial_context(project: Project, study, t):  # -> autoq.export.base.ExportCon
 
 def export_trial(project: Project, *, trial: int, fmt: str, out: Path, **options) -> list[Path]:
     """Writes trial ``trial``'s configuration in format ``fmt``; returns the files written."""
-    from autoq.export import export_config
-    from autoq.search.study import get_trial, open_study
-
-    study = open_study(project, create=False)
+    study = load_study(project)
     t = get_trial(study, trial)
     return export_config(trial_context(project, study, t), fmt, out, **options)
 
@@ -57,11 +58,8 @@ def export_pareto(
     in order of latency. A trial the format cannot express (e.g. int16 nodes for vastai) is skipped
     with one line saying why; if no front member can be written, that is an ``ExportError``.
     """
-    from autoq.errors import ExportError, SearchError
-    from autoq.export import export_config
-    from autoq.search.study import front_trials, open_study
 
-    study = open_study(project, create=False)
+    study = load_study(project)
     front = sorted(front_trials(study, project), key=lambda t: (t.values[1], t.values[0], t.number))
     if not front:
         raise SearchError(f"study {study.study_name!r} has no completed trials yet; run `autoq search` first")

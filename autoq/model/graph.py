@@ -106,6 +106,11 @@ class LoadedModel:
     def _by_name(self) -> dict[str, NodeInfo]:
         return {n.name: n for n in self.nodes}
 
+    @functools.cached_property
+    def initializer_names(self) -> frozenset[str]:
+        """Names of the graph's initializers (weights, biases, constants)."""
+        return frozenset(t.name for t in self.proto.graph.initializer)
+
     def node(self, name: str) -> NodeInfo:
         """The node called ``name``; KeyError names a few existing nodes when it does not exist."""
         try:

@@ -1,6 +1,6 @@
 """COCO mAP of one model on a cached evaluation set.
 
-`evaluate` = `run_model` (ORT over the cached uint8 images) -> `detect` (adapter) -> `coco_metrics`
+`evaluate` = `autoq.runtime.runner.run_model` (ORT over the cached uint8 images) -> `detect` (adapter) -> `coco_metrics`
 (pycocotools, results built in memory, its printing silenced).
 """
 
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -17,26 +16,23 @@ import numpy as np
 
 from autoq.adapters import bind_input_size
 from autoq.adapters.base import Adapter, Detections, ImageMeta
-from autoq.data.preprocess import Preprocess, to_input
+from autoq.data.preprocess import Preprocess
+from autoq.runtime.runner import run_model
 
 if TYPE_CHECKING:
     import onnxruntime
 
     from autoq.data.coco import EvalSet
-    from autoq.objectives.session import SessionSettings
-    from autoq.objectives.stream import StreamedOutputs
+    from autoq.runtime.session import SessionSettings
 
 __all__ = [
     "CocoEvaluation",
     "CocoMetrics",
     "coco_metrics",
-    "create_session",
     "detect",
     "detect_batches",
     "evaluate",
     "pseudo_ground_truth",
-    "run_model",
-    "stream_model",
 ]
 
 
@@ -60,81 +56,6 @@ class CocoMetrics:
             "map_large": self.map_large,
             "per_class_ap": dict(self.per_class_ap),
         }
-
-
-def create_session(
-    model: bytes | str | os.PathLike[str], *, threads: int = 0, settings: SessionSettings | None = None
-) -> onnxruntime.InferenceSession:
-    """A CPU session with ``settings`` (default: every core, all graph optimizations; see
-    `autoq.objectives.session.tune_session`); ``threads`` > 0 overrides the intra-op thread count."""
-    import onnxruntime as ort
-
-    from autoq.objectives.session import SessionSettings, session_options
-
-    settings = settings or SessionSettings()
-    if threads > 0:
-        settings = SessionSettings(threads, settings.graph_optimization, settings.batch_size)
-    opts = session_options(settings)
-    source = bytes(model) if isinstance(model, (bytes, bytearray)) else os.fspath(model)
-    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
-
-
-def run_model(
-    session_or_bytes: onnxruntime.InferenceSession | bytes,
-    eval_images: np.ndarray,
-    pp: Preprocess,
-    *,
-    batch_size: int = 1,
-    input_name: str | None = None,
-    settings: SessionSettings | None = None,
-) -> list[list[np.ndarray]]:
-    """One ORT pass over cached uint8 NHWC images; returns the raw outputs of each batch.
-
-    A model with a fixed batch dimension runs at that batch size (the last batch is padded with
-    copies of its last image and the padding trimmed from the outputs).
-    """
-    session = create_session(session_or_bytes, settings=settings) if isinstance(session_or_bytes, (bytes, bytearray)) else session_or_bytes
-    return list(_batches(session, eval_images, pp, batch_size, input_name))
-
-
-def stream_model(
-    session: onnxruntime.InferenceSession,
-    eval_images: np.ndarray,
-    pp: Preprocess,
-    *,
-    batch_size: int = 1,
-    background: bool = True,
-) -> StreamedOutputs:
-    """`run_model` on a background thread: the batches are scored while the next ones run
-    (``background=False``: the whole pass first, for sessions that use every core)."""
-    from autoq.objectives.stream import StreamedOutputs
-
-    size = _batch_size(session, None, batch_size)[1]
-    batches = _batches(session, eval_images, pp, batch_size, None)
-    return StreamedOutputs(batches, -(-len(eval_images) // size), background=background)
-
-
-def _batch_size(session: onnxruntime.InferenceSession, input_name: str | None, batch_size: int) -> tuple[str, int, int]:
-    """(input name, batch size run, the model's fixed batch dim or 0)."""
-    inputs = session.get_inputs()
-    meta = next((i for i in inputs if i.name == input_name), inputs[0]) if input_name else inputs[0]
-    fixed = meta.shape[0] if meta.shape and isinstance(meta.shape[0], int) and meta.shape[0] > 0 else 0
-    return meta.name, fixed or max(1, int(batch_size)), fixed
-
-
-def _batches(
-    session: onnxruntime.InferenceSession, eval_images: np.ndarray, pp: Preprocess, batch_size: int, input_name: str | None
-) -> Iterator[list[np.ndarray]]:
-    name, batch_size, fixed = _batch_size(session, input_name, batch_size)
-    for start in range(0, len(eval_images), batch_size):
-        batch = eval_images[start : start + batch_size]
-        real = len(batch)
-        if fixed and real < fixed:
-            batch = np.concatenate([batch, np.repeat(batch[-1:], fixed - real, axis=0)])
-        result = session.run(None, {name: to_input(batch, pp)})
-        if real < len(batch):
-            result = [np.asarray(r)[:real] for r in result]
-        yield result
 
 
 def detect(

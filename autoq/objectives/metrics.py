@@ -119,7 +119,7 @@ class MetricContext:
         return detect(outputs, self.eval_set.metas, self.adapter, input_size=self.eval_set.size)
 
     def detect_batches(self, outputs: Outputs) -> Iterator[list[Detections]]:
-        """`detect` batch by batch, as the batches arrive (see `autoq.objectives.stream`)."""
+        """`detect` batch by batch, as the batches arrive (see `autoq.runtime.stream`)."""
         from autoq.objectives.accuracy import detect_batches
 
         return detect_batches(outputs, self.eval_set.metas, self.adapter, input_size=self.eval_set.size)
@@ -231,7 +231,7 @@ class CocoMap:
         self.pseudo_gt_score = float(pseudo_gt_score)
 
     def __call__(self, outputs: Outputs, context: MetricContext) -> MetricResult:
-        from autoq.objectives.accuracy import CocoEvaluation, coco_metrics, pseudo_ground_truth
+        from autoq.objectives.accuracy import coco_metrics, CocoEvaluation, pseudo_ground_truth
         from autoq.objectives.similarity import output_similarity
 
         if context.eval_set.coco is not None:  # each batch scored as it arrives (overlaps a streamed inference)

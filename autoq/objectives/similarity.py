@@ -7,7 +7,9 @@ Per output tensor, each image's values are flattened and compared with the float
 - ``l2``: root-mean-square difference, mean over images.
 - ``chebyshev``: largest absolute difference, max over images.
 
-Needs no labels and no adapter, so it applies to any model.
+Needs no labels and no adapter, so it applies to any model. `CosineReference` keeps the float
+outputs of the first K evaluation images whose outputs fit in ``budget_bytes`` (default 32 MB) to
+log every trial's per-output cosine (MLflow ``cos/<output>``) at a bounded memory cost.
 
 Example:
     >>> import numpy as np
@@ -19,25 +21,65 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MEASURES", "output_similarity", "similarity_per_output"]
+__all__ = [
+    "DEFAULT_BUDGET_BYTES",
+    "MEASURES",
+    "CosineReference",
+    "mean_cosine",
+    "output_similarity",
+    "per_image_cosine",
+    "similarity_per_output",
+    "stack_images",
+]
 
 MEASURES = ("cosine", "l1", "l2", "chebyshev")
+DEFAULT_BUDGET_BYTES = 32 * 1024 * 1024
 
 Outputs = Sequence[Sequence[np.ndarray]]  # per batch, per model output, [B, ...]
+
+
+def per_image_cosine(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
+    """Cosine similarity per leading index (image) of two equally shaped arrays (sums in float64);
+    two all-zero vectors count as 1."""
+    a = np.asarray(ref).reshape(ref.shape[0], -1)
+    b = np.asarray(got).reshape(got.shape[0], -1)
+    dot = np.einsum("ij,ij->i", a, b, dtype=np.float64)
+    na = np.sqrt(np.einsum("ij,ij->i", a, a, dtype=np.float64))
+    nb = np.sqrt(np.einsum("ij,ij->i", b, b, dtype=np.float64))
+    denom = na * nb
+    safe = np.where(denom > 0, denom, 1.0)
+    cos = np.where(denom > 0, dot / safe, np.where((na == 0) & (nb == 0), 1.0, 0.0))
+    return np.clip(cos, -1.0, 1.0)
+
+
+def stack_images(outputs: Outputs, count: int) -> list[np.ndarray]:
+    """Per model output, the first ``count`` images of the batched ``outputs`` as one array."""
+    if not outputs:
+        return []
+    n_out = len(outputs[0])
+    out: list[np.ndarray] = []
+    for k in range(n_out):
+        parts, have = [], 0
+        for batch in outputs:
+            arr = np.asarray(batch[k])
+            parts.append(arr)
+            have += arr.shape[0] if arr.ndim else 1
+            if have >= count:
+                break
+        joined = np.concatenate([p.reshape(p.shape if p.ndim else (1,)) for p in parts])
+        out.append(np.ascontiguousarray(joined[:count], np.float32))
+    return out
 
 
 def _per_image(ref: np.ndarray, got: np.ndarray) -> dict[str, np.ndarray]:
     a = np.asarray(ref, np.float64).reshape(ref.shape[0], -1)
     b = np.asarray(got, np.float64).reshape(got.shape[0], -1)
     diff = a - b
-    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-    dot = (a * b).sum(axis=1)
-    denom = na * nb
-    cos = np.where(denom > 0, dot / np.where(denom > 0, denom, 1.0), np.where((na == 0) & (nb == 0), 1.0, 0.0))
-    cos = np.clip(cos, -1.0, 1.0)  # rounding can give 1 + 1e-16 for identical outputs
+    cos = per_image_cosine(a, b)
     n = max(a.shape[1], 1)
     return {
         "cosine": cos,
@@ -89,3 +131,51 @@ def output_similarity(reference: Outputs, outputs: Outputs) -> dict[str, float]:
         for k, p in enumerate(per):
             flat.update({f"{m}/{k}": v for m, v in p.items()})
     return flat
+
+
+def mean_cosine(reference: Outputs, outputs: Outputs) -> float:
+    """Mean per-image cosine over every output of equal shape (nan when none compare)."""
+    n = sum(int(np.asarray(b[0]).shape[0]) for b in reference)
+    vals = [per_image_cosine(r, o).mean() for r, o in zip(stack_images(reference, n), stack_images(outputs, n)) if r.shape == o.shape]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+@dataclass(frozen=True)
+class CosineReference:
+    """The float model's outputs on the first ``images`` evaluation images, per output name."""
+
+    names: tuple[str, ...]
+    reference: tuple[np.ndarray, ...]
+    images: int
+    total_images: int
+
+    @classmethod
+    def from_outputs(
+        cls,
+        names: Sequence[str],
+        float_outputs: Outputs,
+        *,
+        budget_bytes: int = DEFAULT_BUDGET_BYTES,
+        total_images: int | None = None,
+        keep: int | None = None,
+    ) -> CosineReference:
+        """Keeps the leading images of ``float_outputs`` that fit in ``budget_bytes`` (or ``keep``);
+        ``total_images`` is the eval set's size when ``float_outputs`` covers only its start."""
+        have = sum(int(np.asarray(b[0]).shape[0]) for b in float_outputs) if float_outputs else 0
+        if keep is None:
+            first = [np.asarray(a) for a in float_outputs[0]] if float_outputs else []
+            per_image = sum(a.nbytes // max(a.shape[0], 1) for a in first if a.ndim) or 1
+            keep = max(1, min(have, budget_bytes // per_image)) if have else 0
+        total = have if total_images is None else total_images
+        return cls(tuple(names), tuple(stack_images(float_outputs, keep)), keep, total)
+
+    def cosines(self, outputs: Outputs) -> dict[str, float]:
+        """``{output name: mean cosine}`` of a trial's raw outputs over the kept images (nan on a shape mismatch)."""
+        if not self.images or not outputs:
+            return {}
+        got = stack_images(outputs, self.images)
+        result: dict[str, float] = {}
+        for name, ref, arr in zip(self.names, self.reference, got):
+            ok = ref.shape == arr.shape and ref.ndim > 0
+            result[name] = float(per_image_cosine(ref, arr).mean()) if ok else float("nan")
+        return result

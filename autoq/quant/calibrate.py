@@ -16,8 +16,8 @@ The histogram range needs the global min/max, so the images are run once and the
 in memory while they fit in `KEEP_BYTES`; a larger model/calibration set runs a second,
 histogram-only pass. Either way it is one statistics computation (``CALIBRATION_PASSES`` += 1).
 The result is stored as ``stats-<key>.npz`` (format `STATS_FORMAT`; a file of another format is
-recomputed) and every later call with the same key loads it. `activation_ranges` (re-exported
-from `autoq.quant.ranges`) turns the statistics into per-tensor ranges.
+recomputed) and every later call with the same key loads it. `autoq.quant.ranges.activation_ranges`
+turns the statistics into per-tensor ranges.
 
 Example:
     >>> key = stats_key(model.sha256, "letterbox-416-bgr", *calibration_files)   # doctest: +SKIP
@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from autoq.errors import DataError
-from autoq.quant.ranges import RANGE_ESTIMATORS, RangeEstimator, activation_ranges
 
 if TYPE_CHECKING:
     import onnx
@@ -52,9 +51,6 @@ __all__ = [
     "HIST_BINS",
     "ActivationStats",
     "Histogram",
-    "RANGE_ESTIMATORS",
-    "RangeEstimator",
-    "activation_ranges",
     "collect_stats",
     "stats_from_arrays",
     "stats_key",

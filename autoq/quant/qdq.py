@@ -13,14 +13,14 @@ This is the one module that translates autoq's typed choices into ORT's untyped 
 from __future__ import annotations
 
 import contextlib
-import copy
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from autoq.errors import ModelError
 from autoq.plan import Precision, QuantConfig
+from autoq.quant import ort_fast
 
 if TYPE_CHECKING:
     import onnx
@@ -40,6 +40,7 @@ def build_qdq(
     ranges: Mapping[str, tuple[float, float]],
     *,
     fast: bool = True,
+    memo: dict[Any, Any] | None = None,
 ) -> onnx.ModelProto:
     """The QDQ model for ``config``; ``ranges`` must cover every float activation (see `collect_stats`).
 
@@ -49,15 +50,21 @@ def build_qdq(
     consumer is int16, else int8 (see `int16_tensors`). Outputs of data-movement ops (Reshape,
     Slice, Transpose, MaxPool, Resize, ...) reuse their input's quantization, as ORT does.
     Nodes ORT cannot quantize always stay float. The result is deterministic for a given config.
-    ``fast`` (default) runs ORT's quantizer with `_IndexedModel` and `_fast_ort` (same result, byte
-    for byte, without ORT's linear scans and without recomputing the weights' quantization every
-    trial: on YOLOX-nano ~0.4 -> 0.07 s per-tensor, ~0.3 -> 0.15 s per-channel after the first).
+    ``fast`` (default) runs ORT's quantizer through `autoq.quant.ort_fast` when the installed
+    onnxruntime is one it was verified on (same result, byte for byte, without ORT's linear scans and,
+    given the same ``memo`` across trials of one model, without recomputing the weights'
+    quantization: on YOLOX-nano ~0.4 -> 0.07 s per-tensor, ~0.3 -> 0.15 s per-channel after the first);
+    on any other version it is ORT's plain quantizer.
     ``config.resolution`` and ``config.variant`` are not read here: pass the `LoadedModel` of that
     variant (and ranges calibrated on it).
     """
     import onnx
     from onnxruntime.quantization import QuantType
-    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+    from onnxruntime.quantization.calibrate import (
+        CalibrationMethod,
+        TensorData,
+        TensorsData,
+    )
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 
     from autoq.model.graph import quantizable_op_types
@@ -92,7 +99,9 @@ def build_qdq(
             for name, (lo, hi) in sorted(ranges.items())
         },
     )
-    quantizer = (_memo_quantizer(model) if fast else QDQQuantizer)(
+    fast = fast and ort_fast.supported()
+    memo = {} if memo is None else memo
+    quantizer = (ort_fast.memo_quantizer(memo) if fast else QDQQuantizer)(
         proto,
         config.calibration.granularity == "per_channel",  # per_channel
         False,  # reduce_range
@@ -105,9 +114,9 @@ def build_qdq(
         extra_options,
     )
     if fast:
-        quantizer.model = _indexed_model(quantizer.model.model)
+        quantizer.model = ort_fast.indexed_model(quantizer.model.model)
     try:
-        with _fast_ort(_weight_memo(model)) if fast else contextlib.nullcontext():
+        with ort_fast.fast_lookups(memo) if fast else contextlib.nullcontext():
             quantizer.quantize_model()
     except ValueError as exc:
         if "Quantization parameters are not specified" in str(exc):
@@ -154,209 +163,7 @@ def config_int16_tensors(model: LoadedModel, config: QuantConfig) -> list[str]:
     precision = {n.name: config.precision_of(n.name) for n in quantizable}
     if Precision.INT16 not in precision.values():
         return []
-    return int16_tensors(quantizable, precision, initializers=_initializer_names(model))
-
-
-def _initializer_names(model: LoadedModel) -> frozenset[str]:
-    names = model.__dict__.get("_autoq_initializer_names")
-    if names is None:
-        names = _float_initializers(model.proto)
-        model.__dict__["_autoq_initializer_names"] = names  # frozen dataclass: cache beside its fields
-    return names
-
-
-def _indexed_model(proto: onnx.ModelProto):
-    """ORT's ONNXModel wrapper plus a tensor -> consumer-nodes index and a name -> initializer index.
-
-    ORT's QDQ quantizer calls ``replace_input_of_all_nodes`` (a scan of every node) once per
-    quantized tensor and looks initializers up by linear scans; these dominate its run time on
-    detectors. The subclass answers the same calls from indexes kept current on every add, remove
-    and replace; any lookup the index cannot answer falls back to ORT's own method. ORT is not
-    modified: only this quantizer instance uses the subclass.
-    """
-    from collections import defaultdict
-
-    from onnxruntime.quantization.onnx_model import ONNXModel
-
-    class _IndexedModel(ONNXModel):
-        def __init__(self, model: onnx.ModelProto) -> None:
-            super().__init__(model)
-            self._reindex_nodes()
-            self._reindex_inits()
-
-        # The indexes are rebuilt whenever the graph's node/initializer count differs from what
-        # they saw, so a change made behind their back (e.g. a direct append) cannot go stale.
-        def _reindex_nodes(self) -> None:
-            self._consumers: dict[str, list[Any]] = defaultdict(list)
-            for node in self.model.graph.node:
-                for name in node.input:
-                    self._consumers[name].append(node)
-            self._node_count = len(self.model.graph.node)
-
-        def _reindex_inits(self) -> None:
-            self._inits = {t.name: t for t in self.model.graph.initializer}
-            self._init_count = len(self.model.graph.initializer)
-
-        def _check_inits(self) -> None:
-            if len(self.model.graph.initializer) != self._init_count:
-                self._reindex_inits()
-
-        def add_node(self, node) -> None:
-            if len(self.model.graph.node) != self._node_count:
-                self._reindex_nodes()
-            super().add_node(node)
-            stored = self.model.graph.node[-1]  # extend() copies: index the stored message
-            for name in stored.input:
-                self._consumers[name].append(stored)
-            self._node_count += 1
-
-        def remove_node(self, node) -> None:
-            super().remove_node(node)
-            self._reindex_nodes()  # rare (no-op nodes); keep it simple
-
-        def replace_input_of_all_nodes(self, old_input_name: str, new_input_name: str) -> None:
-            if len(self.model.graph.node) != self._node_count:
-                self._reindex_nodes()
-            nodes = self._consumers.pop(old_input_name, [])
-            for node in nodes:
-                ONNXModel.replace_node_input(node, old_input_name, new_input_name)
-            self._consumers[new_input_name].extend(nodes)
-
-        def get_initializer(self, name: str):
-            self._check_inits()
-            return self._inits.get(name)
-
-        def add_initializer(self, tensor) -> None:
-            self._check_inits()
-            if tensor.name not in self._inits:
-                self._check_init(tensor)
-                self.model.graph.initializer.extend([tensor])
-                self._inits[tensor.name] = self.model.graph.initializer[-1]
-                self._init_count += 1
-
-        def initializer_extend(self, inits) -> None:
-            if len(inits) == 0:
-                raise ValueError("Can add an empty list.")
-            self._check_inits()
-            for init in inits:  # ORT also re-checks every existing initializer (a float8-only check)
-                self._check_init(init)
-                self.model.graph.initializer.append(init)
-                self._inits.setdefault(init.name, self.model.graph.initializer[-1])
-                self._init_count += 1
-
-        def remove_initializer(self, tensor) -> None:
-            self._check_inits()
-            super().remove_initializer(tensor)
-            if len(self.model.graph.initializer) == self._init_count - 1 and self._inits.get(tensor.name) is not None:
-                del self._inits[tensor.name]
-                self._init_count -= 1
-            else:
-                self._reindex_inits()
-
-        def initializer(self) -> _InitializerView:
-            self._check_inits()
-            return _InitializerView(self.model.graph.initializer, self._inits)
-
-    return _IndexedModel(proto)
-
-
-class _InitializerView:
-    """The live initializer list of `_IndexedModel`, iterable like ORT expects, plus a name lookup
-    that `_fast_ort` answers ``find_by_name(name, model.initializer())`` from."""
-
-    def __init__(self, items: Any, index: Mapping[str, Any]) -> None:
-        self._items, self.autoq_index = items, index
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __getitem__(self, i: int) -> Any:
-        return self._items[i]
-
-
-def _weight_memo(model: LoadedModel) -> dict[Any, Any]:
-    """Per model: weights' quantization params and quantized initializers, reused across trials."""
-    return model.__dict__.setdefault("_autoq_weight_memo", {})  # frozen dataclass: cache beside its fields
-
-
-def _copy_params(params: Any) -> Any:
-    copied = copy.copy(params)
-    copied.data = {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in params.data.items()}
-    return copied
-
-
-def _memo_quantizer(model: LoadedModel) -> type:
-    """ORT's QDQQuantizer, with the initializers' scale/zero-point computed once per model.
-
-    ORT recomputes every weight's scale each build, channel by channel in Python (half the build
-    time per-channel). They depend only on the weight and how it is quantized, which the key
-    holds; ORT then adjusts copies for the trial's bias scales as usual.
-    """
-    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
-
-    memo = _weight_memo(model)
-
-    class _MemoQDQQuantizer(QDQQuantizer):
-        def _key(self, name: str, info: Any) -> tuple:
-            return ("params", name, info.tensor_type, info.axis, info.data_type, info.is_shared,
-                    repr(self.tensor_quant_overrides.get(name)), self.weight_qType, self.activation_qType,
-                    self.is_activation_symmetric, repr(self.extra_options.get("WeightSymmetric")),
-                    self.reduce_range, self.min_real_range, self.block_size)
-
-        def _calc_initializer_quant_params(self):
-            keys = {name: self._key(name, info) for name, info in self.tensors_to_quantize.items()}
-            todo = {name: info for name, info in self.tensors_to_quantize.items() if keys[name] not in memo}
-            if todo:
-                everything, self.tensors_to_quantize = self.tensors_to_quantize, todo
-                try:
-                    fresh = super()._calc_initializer_quant_params()
-                finally:
-                    self.tensors_to_quantize = everything
-                for name in todo:  # activations get None: not initializers, nothing to compute
-                    memo[keys[name]] = _copy_params(fresh[name]) if name in fresh else None
-            return {name: _copy_params(memo[key]) for name, key in keys.items() if memo[key] is not None}
-
-    return _MemoQDQQuantizer
-
-
-@contextlib.contextmanager
-def _fast_ort(memo: dict[Any, Any]) -> Iterator[None]:
-    """While ORT quantizes: ``find_by_name`` over an `_InitializerView` is a dict lookup, not a scan
-    (a third of ORT's build time on a 400-node detector), and a weight quantized with the same
-    scale and zero point as in an earlier trial is a copy of that result. ORT's own functions
-    answer everything else; they are restored on exit.
-    """
-    from onnxruntime.quantization import base_quantizer, qdq_quantizer, quant_utils
-
-    find = quant_utils.find_by_name
-    quantize = quant_utils.quantize_onnx_initializer
-
-    def find_by_name(item_name: str, item_list: Any) -> Any:
-        index = getattr(item_list, "autoq_index", None)
-        return index.get(item_name) if index is not None else find(item_name, item_list)
-
-    def quantize_onnx_initializer(weight, quant_type, zero_point, scale, axis=None, quant_weight_name=None, **kw):
-        key = ("weight", weight.name, quant_type, axis, quant_weight_name, repr(sorted(kw.items())),
-               np.asarray(zero_point).tobytes(), np.asarray(scale).tobytes(), np.asarray(scale).dtype.str)
-        if key not in memo:
-            memo[key] = quantize(weight, quant_type, zero_point, scale, axis, quant_weight_name, **kw)
-        out = type(memo[key])()
-        out.CopyFrom(memo[key])
-        return out
-
-    patches = [(base_quantizer, "find_by_name", find_by_name), (qdq_quantizer, "find_by_name", find_by_name),
-               (qdq_quantizer, "quantize_onnx_initializer", quantize_onnx_initializer)]
-    saved = [(module, name, getattr(module, name)) for module, name, _ in patches]
-    for module, name, fn in patches:
-        setattr(module, name, fn)
-    try:
-        yield
-    finally:
-        for module, name, fn in saved:
-            setattr(module, name, fn)
+    return int16_tensors(quantizable, precision, initializers=model.initializer_names)
 
 
 def _check_config_nodes(model: LoadedModel, config: QuantConfig) -> None:

@@ -6,7 +6,7 @@ Checks, all on the first ``images`` evaluation images (``sens_images`` for the p
    already resized uint8 images) vs the direct input.
 2. Float vs fake-quant vs integer-kernel mAP, overall and per class, for all-int8 and all-int16
    (per-channel weights, minmax ranges): fake-quant = ORT graph optimizations off, integer
-   kernels = ORT_ENABLE_ALL (see `autoq.quant.fidelity`).
+   kernels = ORT_ENABLE_ALL (see `autoq.report.fidelity`).
 3. Output similarity per output (cosine, L1, L2, Chebyshev; hb_mapper's table) for both.
 4. Sensitive node groups: the graph is cut into groups (each Conv and the nodes after it up to the
    next Conv); each group alone in int16 over an all-int8 model, ranked by how much it raises the
@@ -81,7 +81,8 @@ class _Runner:
     project: Any
 
     def outputs(self, model: bytes, images: np.ndarray, level: str | None = None):
-        from autoq.objectives.accuracy import create_session, run_model
+        from autoq.runtime.runner import run_model
+        from autoq.runtime.session import create_session
 
         settings = self.project.session_settings
         if level:
@@ -97,14 +98,6 @@ class _Runner:
 
     def build(self, config) -> bytes:
         return self.project.build(config).SerializeToString()
-
-
-def _mean_cos(ref, out) -> float:
-    from autoq.report.cosine import _stack, per_image_cosine
-
-    n = sum(int(np.asarray(b[0]).shape[0]) for b in ref)
-    vals = [per_image_cosine(r, o).mean() for r, o in zip(_stack(ref, n), _stack(out, n)) if r.shape == o.shape]
-    return float(np.mean(vals)) if vals else float("nan")
 
 
 def _channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -123,7 +116,7 @@ def run_diagnose(
 ) -> tuple[Path, Path]:
     """Runs the checklist (module doc) and writes ``out`` (HTML) and ``out.md``; returns both paths."""
     from autoq.data.coco import load_calibration, subset_eval_set
-    from autoq.objectives.similarity import MEASURES, similarity_per_output
+    from autoq.objectives.similarity import MEASURES, mean_cosine, similarity_per_output
     from autoq.plan import Calibration, Precision, QuantConfig
     from autoq.quant.ranges import DEFAULT_PERCENTILE
 
@@ -177,7 +170,7 @@ def run_diagnose(
     sens = es.images[:sens_n]
     ref_s = r.outputs(float_bytes, sens)
     base_cfg = QuantConfig.uniform(Precision.INT8, calibration=cal)
-    base_cos = _mean_cos(ref_s, r.outputs(r.build(base_cfg), sens))
+    base_cos = mean_cosine(ref_s, r.outputs(r.build(base_cfg), sens))
     prog.step(f"all-int8 output cosine on {sens_n} images: {base_cos:.4f}")
     scores = sweep(project, groups, base=Precision.INT8, probe=Precision.INT16, calibration=cal, images=sens,
                    reference=ref_s, step=lambda i, g, c: prog.step(f"group {i + 1}/{len(groups)} {g} in int16: cosine {c:.4f}"),

@@ -30,7 +30,7 @@ def trial_points(study, project=None) -> list[TrialPoint]:
     """Every completed trial of ``study`` with its front membership (`autoq.search.study.front_trials`)."""
     from optuna.trial import TrialState
 
-    from autoq.search.study import front_trials
+    from autoq.results.front import front_trials
 
     front = {t.number for t in front_trials(study, project)}
     out = []

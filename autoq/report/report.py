@@ -26,8 +26,7 @@ __all__ = ["default_trial", "write_report"]
 def default_trial(study) -> int:
     """The front member with the lowest drop (then the lowest latency)."""
     from autoq.errors import SearchError
-
-    from autoq.search.study import front_trials
+    from autoq.results.front import front_trials
 
     front = front_trials(study)
     if not front:
@@ -37,10 +36,10 @@ def default_trial(study) -> int:
 
 def _trial_per_class_ap(project: Project, t, config, log) -> dict[str, float]:
     """The trial's per-class AP: its MLflow artifact when there, else one evaluation."""
-    from autoq.search.study import make_tracker
-    from autoq.tracking.mlflow import RUN_ATTR
-
     import os
+
+    from autoq.results.store import make_tracker
+    from autoq.trial_record import RUN_ATTR
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     run_id = t.user_attrs.get(RUN_ATTR)
@@ -60,9 +59,12 @@ def _trial_per_class_ap(project: Project, t, config, log) -> dict[str, float]:
 def write_report(project: Project, out: Path, *, trial: int | None = None, log: Callable[[str], None] = print):
     """Writes ``out`` (HTML) and ``out.md``; returns both paths."""
     from autoq.report.plots import pareto_png, trial_points
-    from autoq.search.study import get_trial, open_study, pareto_rows, trial_config
+    from autoq.results.front import pareto_rows
+    from autoq.results.store import load_study
+    from autoq.results.trials import get_trial
+    from autoq.trial_record import trial_config
 
-    study = open_study(project, create=False)
+    study = load_study(project)
     number = default_trial(study) if trial is None else trial
     t = get_trial(study, number)
     config = trial_config(t)

@@ -18,7 +18,7 @@ metric of all-int8 and of all-int16 on ``anchor_images`` images.
 
 Cache: ``.autoq/cache/sensitivity-<key>.json``, keyed by the model hash, the calibration statistics key
 (calibration files and count), the calibration settings, the subset's image files, the units and the
-precisions. Logged to the parent MLflow run through `PARENT_ARTIFACT_HOOKS` (``sensitivity.csv`` and
+precisions. Logged to the parent MLflow run (`sensitivity_artifacts`) (``sensitivity.csv`` and
 ``sensitivity.png``, a ranked bar chart).
 """
 
@@ -109,23 +109,17 @@ def node_units(project: Project) -> list[tuple[str, tuple[str, ...]]]:
     return out
 
 
-def _stack_outputs(outputs, n: int) -> list[np.ndarray]:
-    from autoq.report.cosine import _stack
-
-    return _stack(outputs, n)
-
-
 def _images_in(outputs) -> int:
     return sum(int(np.asarray(b[0]).shape[0]) for b in outputs)
 
 
 def output_error(reference, outputs) -> tuple[float, float]:
     """(mean cosine, SQNR in dB) of raw ``outputs`` vs ``reference`` over all outputs and images."""
-    from autoq.report.cosine import per_image_cosine
+    from autoq.objectives.similarity import per_image_cosine, stack_images
 
     n = _images_in(reference)
     cos, sig, noise = [], 0.0, 0.0
-    for r, o in zip(_stack_outputs(reference, n), _stack_outputs(outputs, n)):
+    for r, o in zip(stack_images(reference, n), stack_images(outputs, n)):
         if r.shape != o.shape or r.ndim == 0:
             continue
         cos.append(float(per_image_cosine(r, o).mean()))
@@ -144,7 +138,8 @@ class _Runner:
         self.project, self.images = project, images
 
     def outputs(self, config=None):
-        from autoq.objectives.accuracy import create_session, run_model
+        from autoq.runtime.runner import run_model
+        from autoq.runtime.session import create_session
 
         p = self.project
         data = p.model.serialized() if config is None else p.build(config).SerializeToString()
@@ -239,10 +234,10 @@ def default_calibration(project: Project) -> Calibration:
 
 
 def _stats_key(project: Project) -> str:
-    from autoq.pipeline import _calibration_files
+    from autoq.pipeline import calibration_files
 
     d = project.config.data
-    return "|".join([str(d.calib_count), *_calibration_files(d.calib_images, d.calib_count)])
+    return "|".join([str(d.calib_count), *calibration_files(d.calib_images, d.calib_count)])
 
 
 def run_sensitivity(
@@ -370,24 +365,11 @@ def sensitivity_png(sens: Sensitivity, *, top: int = 30, dpi: int = 100) -> byte
     return buf.getvalue()
 
 
-#: The study-scoped sensitivity, set by `autoq.search.study.prepare_study` for the parent-run hook.
-_LAST: dict[str, Sensitivity] = {}
-
-
-def parent_hook(project, study) -> dict[str, str | bytes]:
-    """`PARENT_ARTIFACT_HOOKS` entry: sensitivity.csv + sensitivity.png when the study used a sweep."""
-    sens = _LAST.get(str(project.config.file))
+def sensitivity_artifacts(sens: Sensitivity | None) -> dict[str, str | bytes]:
+    """The parent run's sensitivity.csv + sensitivity.png (nothing when the study ran no sweep)."""
     if sens is None:
         return {}
     return {"sensitivity.csv": sensitivity_csv(sens), "sensitivity.png": sensitivity_png(sens)}
-
-
-def remember(project, sens: Sensitivity) -> None:
-    _LAST[str(project.config.file)] = sens
-    from autoq.report.mlflow_views import PARENT_ARTIFACT_HOOKS
-
-    if parent_hook not in PARENT_ARTIFACT_HOOKS:
-        PARENT_ARTIFACT_HOOKS.append(parent_hook)
 
 
 def write_outputs(sens: Sensitivity, out: Path) -> list[Path]:

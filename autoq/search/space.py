@@ -16,9 +16,9 @@ search enqueues such seeds with the exact config attached, see `autoq.search.stu
 
 from __future__ import annotations
 
-from collections import Counter
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any

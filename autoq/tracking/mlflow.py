@@ -16,10 +16,8 @@ from typing import Any
 import yaml
 
 from autoq.plan import QuantConfig, TrialResult
+from autoq.trial_record import FAIL_ATTR, RUN_ATTR
 
-PARENT_ATTR = "mlflow_parent_run_id"
-RUN_ATTR = "mlflow_run_id"
-FAIL_ATTR = "fail_reason"  # on the Optuna trial: why it failed
 EXPERIMENT_KIND = "mlflow.experimentKind"
 
 

@@ -40,7 +40,7 @@ def check_fidelity(project: Project, config: QuantConfig) -> FidelityResult:
     """Builds ``config``'s QDQ model once and scores it with graph optimizations off and on."""
     from dataclasses import replace
 
-    from autoq.objectives.accuracy import create_session
+    from autoq.runtime.session import create_session
 
     data = project.build(config).SerializeToString()
     base = project.session_settings
@@ -63,9 +63,11 @@ def check_fidelity(project: Project, config: QuantConfig) -> FidelityResult:
 def fidelity_report(project: Project, trial_number: int) -> str:
     """`check_fidelity` of a completed trial of the project's study, as a few lines of text
     (what ``autoq check-fidelity --trial N`` prints)."""
-    from autoq.search.study import get_trial, open_study, trial_config
+    from autoq.results.store import load_study
+    from autoq.results.trials import get_trial
+    from autoq.trial_record import trial_config
 
-    config = trial_config(get_trial(open_study(project, create=False), trial_number))
+    config = trial_config(get_trial(load_study(project), trial_number))
     r = check_fidelity(project, config)
     counts = config.counts(project.quantizable_names)
     name = project.metric.name if hasattr(project, "metric") else "mAP"

@@ -2,7 +2,7 @@
 
 Wiring (in ``autoq/cli.py``'s ``build_parser``)::
 
-    from autoq.surrogates.cli import add_cost_model_parser
+    from autoq.app.cost_model import add_cost_model_parser
     add_cost_model_parser(sub)
 
 Commands return an exit code and raise ``AutoqError`` for user mistakes (``main`` prints them).
@@ -62,9 +62,10 @@ def _model_and_study(args: argparse.Namespace):
         project = Project(load_config(args.config))
 
         def config_for_trial(number: int):
-            from autoq.search.study import open_study, trial_config
+            from autoq.results.store import load_study
+            from autoq.trial_record import trial_config
 
-            study = open_study(project, create=False)
+            study = load_study(project)
             trials = [t for t in study.get_trials(deepcopy=False) if t.number == number]
             if not trials:
                 raise ConfigError(f"trial {number} is not in study {project.config.search.study_name}")

@@ -22,25 +22,17 @@ Example:
 from __future__ import annotations
 
 import functools
-import json
 import os
-import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import onnxruntime
 
-    from autoq.data.preprocess import Preprocess
-
-__all__ = ["GRAPH_OPTIMIZATIONS", "SessionSettings", "session_options", "tune_session", "usable_cores"]
+__all__ = ["GRAPH_OPTIMIZATIONS", "SessionSettings", "create_session", "session_options", "usable_cores"]
 
 #: autoq's names for ORT's GraphOptimizationLevel values.
 GRAPH_OPTIMIZATIONS = ("disabled", "basic", "extended", "all")
-_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -88,80 +80,16 @@ def session_options(settings: SessionSettings = SessionSettings()) -> onnxruntim
     return opts
 
 
-def candidates(symbolic_batch: bool, images: int) -> list[SessionSettings]:
-    """The settings `tune_session` measures."""
-    threads = sorted({1, 2, usable_cores()})
-    batches = [b for b in ((1, 4, 8) if symbolic_batch else (1,)) if b <= max(1, images)]
-    return [
-        SessionSettings(intra_op_threads=t, graph_optimization=g, batch_size=b)
-        for t in threads
-        for g in ("all", "basic")
-        for b in batches
-    ]
-
-
-def tune_session(
-    model: bytes,
-    images: np.ndarray,
-    pp: Preprocess,
-    *,
-    cache_dir: Path | None,
-    key: str,
-    repeats: int = 2,
-    log=lambda _msg: None,
-) -> SessionSettings:
-    """The fastest of `candidates` for ``model`` over ``images`` (uint8 NHWC), cached by ``key``.
-
-    Each candidate: one session, one warm-up batch, then the best of ``repeats`` timed passes over
-    ``images``. The cache file also records every candidate's seconds per image.
-    """
+def create_session(
+    model: bytes | str | os.PathLike[str], *, threads: int = 0, settings: SessionSettings | None = None
+) -> onnxruntime.InferenceSession:
+    """A CPU session with ``settings`` (default: every core, all graph optimizations; see
+    `autoq.runtime.tune.tune_session`); ``threads`` > 0 overrides the intra-op thread count."""
     import onnxruntime as ort
 
-    from autoq.objectives.accuracy import create_session, run_model
-
-    path = Path(cache_dir) / f"session-{key}.json" if cache_dir is not None else None
-    if path is not None and path.is_file():
-        try:
-            data = json.loads(path.read_text())
-            if data.get("format") == _FORMAT:
-                return SessionSettings(**data["best"])
-        except Exception:
-            pass  # unreadable: measure again
-    probe = create_session(model)
-    shape = probe.get_inputs()[0].shape
-    symbolic = bool(shape) and not (isinstance(shape[0], int) and shape[0] > 0)
-    del probe
-    timings: list[tuple[float, SessionSettings]] = []
-    for cand in candidates(symbolic, len(images)):
-        session = create_session(model, settings=cand)
-        run_model(session, images[: cand.batch_size], pp, batch_size=cand.batch_size)  # warm-up
-        best = float("inf")
-        for _ in range(max(1, repeats)):
-            t = time.perf_counter()
-            run_model(session, images, pp, batch_size=cand.batch_size)
-            best = min(best, time.perf_counter() - t)
-        timings.append((best / max(1, len(images)), cand))
-        del session
-    per_image, winner = min(timings, key=lambda x: x[0])
-    log(
-        "session settings: "
-        + ", ".join(f"{_label(c)} {s * 1000:.1f} ms/img" for s, c in timings)
-        + f" -> {_label(winner)}"
-    )
-    if path is not None:
-        record: dict[str, Any] = {
-            "format": _FORMAT,
-            "best": asdict(winner),
-            "ms_per_image": {_label(c): round(s * 1000, 3) for s, c in timings},
-            "onnxruntime": ort.__version__,
-            "cpu_count": os.cpu_count(),
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, path)
-    return winner
-
-
-def _label(s: SessionSettings) -> str:
-    return f"threads={s.intra_op_threads} opt={s.graph_optimization} batch={s.batch_size}"
+    settings = settings or SessionSettings()
+    if threads > 0:
+        settings = SessionSettings(threads, settings.graph_optimization, settings.batch_size)
+    opts = session_options(settings)
+    source = bytes(model) if isinstance(model, (bytes, bytearray)) else os.fspath(model)
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])

@@ -1,0 +1,90 @@
+"""What a running search shows: one progress line per trial (with ETA) and the MLflow ``pareto``
+tags kept current."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from autoq.results.front import front_trials
+from autoq.results.trials import finished_trials
+from autoq.tracking.mlflow import Tracker
+from autoq.trial_record import FAIL_ATTR, OVER_BUDGET_ATTR, RUN_ATTR, SCREENED_ATTR
+
+__all__ = ["Progress", "ParetoTags"]
+
+Log = Callable[[str], None]
+
+
+def _fmt_seconds(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class Progress:
+    """One line per finished trial: count, ETA, the best drop and the fastest trial so far.
+
+    A failure reason seen before is not repeated: the line names the first trial that had it.
+    """
+
+    def __init__(self, log: Log, budget: int, done_before: int, timeout: float | None) -> None:
+        self.log, self.budget, self.done_before, self.timeout = log, budget, done_before, timeout
+        self.start = time.perf_counter()
+        self.failures: dict[str, int] = {}
+
+    def __call__(self, study, trial) -> None:
+        from optuna.trial import TrialState
+
+        if trial.user_attrs.get(OVER_BUDGET_ATTR) or trial.user_attrs.get(SCREENED_ATTR):
+            return
+        done = len(finished_trials(study))
+        ran = max(done - self.done_before, 1)
+        elapsed = time.perf_counter() - self.start
+        left = max(self.budget - done, 0) * elapsed / ran
+        if self.timeout is not None:
+            left = min(left, max(self.timeout - elapsed, 0.0))
+        if trial.state is TrialState.COMPLETE:
+            now = f"drop {100 * trial.values[0]:.2f} pt, {trial.values[1]:.3f} ms"
+        elif trial.state is TrialState.PRUNED:
+            now = (f"stopped early: drop {100 * trial.user_attrs.get('map_drop', float('nan')):.2f} pt on "
+                   f"{trial.user_attrs.get('images', '?')} images")
+        else:
+            reason = trial.user_attrs.get(FAIL_ATTR, "unknown")
+            first = self.failures.setdefault(reason, trial.number)
+            now = f"FAILED: {reason[:300]}" if first == trial.number else f"failed like trial {first}"
+        best = ""
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if complete:
+            lo = min(complete, key=lambda t: (t.values[0], t.values[1]))
+            fast = min(complete, key=lambda t: (t.values[1], t.values[0]))
+            best = (
+                f" | best drop {100 * lo.values[0]:.2f} pt @ {lo.values[1]:.3f} ms (#{lo.number})"
+                f" | fastest {fast.values[1]:.3f} ms @ {100 * fast.values[0]:.2f} pt (#{fast.number})"
+            )
+        self.log(
+            f"[{min(done, self.budget)}/{self.budget}] trial {trial.number}: {now} | "
+            f"{elapsed / ran:.1f} s/trial, ETA {_fmt_seconds(left)}{best}"
+        )
+
+
+class ParetoTags:
+    """Keeps MLflow tag ``pareto`` current as trials finish: after each completed trial only the runs
+    whose front membership changed are re-tagged (a tracking hiccup is a warning, not a failed search)."""
+
+    def __init__(self, tracker: Tracker, parent: str, log: Log, project: Any = None) -> None:
+        self.tracker, self.parent, self.log, self.warned = tracker, parent, log, False
+        self.project = project
+
+    def __call__(self, study, trial) -> None:
+        from optuna.trial import TrialState
+
+        if trial.state is not TrialState.COMPLETE:
+            return  # only a completed trial can change the front
+        try:
+            front = {t.user_attrs.get(RUN_ATTR) for t in front_trials(study, self.project)}
+            self.tracker.update_pareto(self.parent, front - {None})
+        except Exception as exc:
+            if not self.warned:
+                self.warned = True
+                self.log(f"warning: cannot update MLflow pareto tags: {type(exc).__name__}: {exc}")

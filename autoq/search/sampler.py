@@ -1,0 +1,43 @@
+"""The Optuna sampler of ``search.sampler``, constraint-aware when the search has limits."""
+
+from __future__ import annotations
+
+from autoq.config import SAMPLERS
+from autoq.errors import SearchError
+from autoq.trial_record import CONSTRAINT_ATTR
+
+__all__ = ["AUTO_SAMPLER", "make_sampler"]
+
+#: what ``search.sampler: auto`` means (chosen by measurement, see README "Search")
+AUTO_SAMPLER = "tpe"
+
+
+def _constraints_func(trial) -> list[float]:
+    c = trial.user_attrs.get(CONSTRAINT_ATTR)
+    return [float(x) for x in c] if c else [0.0]
+
+
+def make_sampler(cfg, seed: int, name: str | None = None):
+    """The Optuna sampler of ``search.sampler`` (``auto`` = `AUTO_SAMPLER`), constraint-aware when
+    ``max_map_drop`` / ``max_latency_ms`` are set."""
+    import warnings
+
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    name = name or cfg.search.sampler
+    if name == "auto":
+        name = AUTO_SAMPLER
+    constrained = cfg.search.max_map_drop is not None or cfg.search.max_latency_ms is not None
+    cf = _constraints_func if constrained else None
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=False, constant_liar=True,
+                                          constraints_func=cf, n_startup_trials=min(10, max(4, cfg.search.budget // 8)))
+    if name == "nsga2":
+        pop = max(8, min(50, cfg.search.budget // 5))
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=pop, constraints_func=cf)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, constraints_func=cf, n_startup_trials=min(10, max(4, cfg.search.budget // 8)))
+    raise SearchError(f"search.sampler {name!r} is not one of {', '.join(SAMPLERS)}")

@@ -1,0 +1,45 @@
+"""The trial record: every key autoq writes on an Optuna trial or study, in one place.
+
+Optuna's storage is the source of truth; MLflow mirrors it. A trial's scalar metrics (the keys of
+`autoq.plan.TrialResult.metrics`: ``map``, ``map_drop`` (0..1), ``latency_ms``, ``cos/<output>``, ...)
+are written under the same names as Optuna user attrs and MLflow metrics; the attrs below say what
+else a trial carries. Writers (`autoq.search`, `autoq.tracking`) and readers (`autoq.results`,
+reports, exports) import the keys from here, never spell them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autoq.errors import SearchError
+from autoq.plan import QuantConfig
+
+__all__ = [
+    "CONFIG_ATTR", "CONSTRAINT_ATTR", "FAIL_ATTR", "OVER_BUDGET_ATTR", "PARENT_ATTR", "PARTIAL_ATTR",
+    "RUN_ATTR", "SCREENED_ATTR", "SEEDED_ATTR", "SEED_CONFIG_ATTR", "SPACE_ATTR", "SPACE_KNOBS_ATTR",
+    "STARTED_ATTR", "trial_config",
+]
+
+# --- on a trial
+CONFIG_ATTR = "quant_config"  # the QuantConfig it evaluated (dict)
+OVER_BUDGET_ATTR = "over_budget"
+SCREENED_ATTR = "screened"  # a proposal the surrogate rejected without evaluating it (not counted)
+SEED_CONFIG_ATTR = "seed_config"  # an enqueued trial's exact QuantConfig (dict)
+CONSTRAINT_ATTR = "constraint"  # [map_drop - max, latency - max], <= 0 = feasible
+PARTIAL_ATTR = "partial"  # early-stopped on the image subset
+STARTED_ATTR = "autoq_started"  # the trial's number, set first thing in the objective (it got past ask())
+RUN_ATTR = "mlflow_run_id"  # its MLflow child run
+FAIL_ATTR = "fail_reason"  # why it failed
+# --- on the study
+SEEDED_ATTR = "autoq_seeded"
+SPACE_ATTR = "autoq_space"  # the study's SpaceLayout (JSON)
+SPACE_KNOBS_ATTR = "autoq_space_knobs"
+PARENT_ATTR = "mlflow_parent_run_id"  # the study's MLflow parent run
+
+
+def trial_config(trial: Any) -> QuantConfig:
+    """The QuantConfig a trial evaluated."""
+    data = trial.user_attrs.get(CONFIG_ATTR)
+    if data is None:
+        raise SearchError(f"trial {trial.number} has no recorded configuration (state {trial.state.name})")
+    return QuantConfig.from_dict(data)
