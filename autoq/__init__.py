@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from autoq.errors import AutoqError, ConfigError, DataError, ExportError, ModelError, SearchError
+from autoq.errors import (
+    AutoqError,
+    ConfigError,
+    DataError,
+    ExportError,
+    ModelError,
+    SearchError,
+)
 from autoq.plan import Calibration, Precision, QuantConfig, TrialResult
 
 __version__ = "0.1.0"

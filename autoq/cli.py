@@ -7,7 +7,22 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from autoq.app.cost_model import add_cost_model_parser
+from autoq.app.publish import finish_study
+from autoq.app.search import run_search
+from autoq.app.verify import TOOLCHAINS, verify
+from autoq.config import TEMPLATE, load_config
+from autoq.demo.project import write_demo_project
 from autoq.errors import AutoqError, ConfigError
+from autoq.export.run import export_pareto, export_trial
+from autoq.pipeline import Project
+from autoq.report.diagnose import run_diagnose
+from autoq.report.fidelity import fidelity_report
+from autoq.report.report import write_report
+from autoq.results.front import format_pareto, pareto_rows
+from autoq.results.store import load_study
+from autoq.search.loop import prepare_study
+from autoq.search.sensitivity import run_sensitivity, sensitivity_table, write_outputs
 
 EXIT_USER_ERROR = 2
 
@@ -39,8 +54,6 @@ def _positive_float(text: str) -> float:
 def _project(args: argparse.Namespace, log=_log):
     import dataclasses
 
-    from autoq.config import load_config
-    from autoq.pipeline import Project
 
     cfg = load_config(args.config)
     overrides = {k: getattr(args, k, None) for k in ("storage", "study_name")}
@@ -51,8 +64,6 @@ def _project(args: argparse.Namespace, log=_log):
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from autoq.config import TEMPLATE
-
     path = Path(args.output)
     if path.exists() and not args.force:
         raise ConfigError(f"{path} already exists; pass --force to overwrite it")
@@ -62,8 +73,6 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def _print_front(project, study) -> None:
-    from autoq.results.front import format_pareto, pareto_rows
-
     base = project.baseline
     print(f"\nfloat mAP {100 * base.map:.2f} (AP50 {100 * base.map50:.2f}); Pareto front (mAP and drop in points):")
     print(format_pareto(pareto_rows(study, project.quantizable_names, project)))
@@ -78,8 +87,6 @@ def _print_mlflow_hint(project) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from autoq.app.search import run_search
-
     project = _project(args)
     if args.workers > 1:
         study = _run_workers(project, args)
@@ -94,8 +101,6 @@ def _run_workers(project, args: argparse.Namespace):
     """Prepares the study here, then runs ``--workers`` `autoq worker` processes on it."""
     import subprocess
 
-    from autoq.app.publish import finish_study
-    from autoq.search.loop import prepare_study
 
     cfg = project.config
     prepared = prepare_study(project, seed=args.seed, log=_log)
@@ -116,8 +121,6 @@ def _run_workers(project, args: argparse.Namespace):
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from autoq.app.search import run_search
-
     prefix = f"[worker {args.worker_index}] "
     project = _project(args, log=lambda m: _log(prefix + m))
     run_search(
@@ -132,8 +135,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
-    from autoq.results.store import load_study
-
     project = _project(args)
     study = load_study(project)
     _print_front(project, study)
@@ -141,8 +142,6 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from autoq.export.run import export_pareto, export_trial
-
     project = _project(args)
     if args.pareto:
         paths = export_pareto(project, fmt=args.format, out_dir=Path(args.output), log=_log)
@@ -155,19 +154,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_check_fidelity(args: argparse.Namespace) -> int:
-    from autoq.report.fidelity import fidelity_report
+def cmd_verify(args: argparse.Namespace) -> int:
+    verify(_project(args), trial=args.trial, pareto=args.pareto, toolchain=args.toolchain, python=args.python,
+           log=_log, say=lambda line: print(line, flush=True))
+    return 0
 
+
+def cmd_check_fidelity(args: argparse.Namespace) -> int:
     print(fidelity_report(_project(args), args.trial))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from autoq.app.search import run_search
-    from autoq.config import load_config
-    from autoq.demo.project import write_demo_project
-    from autoq.pipeline import Project
-
     config_path = write_demo_project(Path(args.dir), log=_log)
     project = Project(load_config(config_path), log=_log)
     study = run_search(project, budget=args.budget, timeout=args.timeout, seed=args.seed, log=_log)
@@ -177,8 +175,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from autoq.report.report import write_report
-
     project = _project(args)
     html, md = write_report(project, Path(args.output), trial=args.trial, log=_log)
     print(f"wrote {html} and {md}")
@@ -186,8 +182,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    from autoq.report.diagnose import run_diagnose
-
     project = _project(args, log=_log)
     html, md = run_diagnose(project, Path(args.output), images=args.images, sens_images=args.sens_images,
                             top=args.top, log=_log)
@@ -196,12 +190,6 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
-    from autoq.search.sensitivity import (
-        run_sensitivity,
-        sensitivity_table,
-        write_outputs,
-    )
-
     project = _project(args, log=_log)
     sens = run_sensitivity(project, images=args.images, force=args.force, log=_log)
     print(sensitivity_table(sens, top=args.top))
@@ -259,6 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     storage_options(p)
     p.set_defaults(func=cmd_export)
 
+    p = with_config(sub.add_parser("verify", help="build trials with the vendor toolchain and compare its mAP"))
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--trial", type=int, help="trial number (see `autoq pareto`)")
+    which.add_argument("--pareto", action="store_true", help="every Pareto-front trial")
+    p.add_argument("--toolchain", default="rknn", choices=sorted(TOOLCHAINS), help="vendor toolchain (default rknn)")
+    p.add_argument("--python", help="the toolchain environment's python (default: toolchains.<name>.python)")
+    p.set_defaults(func=cmd_verify)
+
     p = with_config(sub.add_parser("check-fidelity", help="a trial's mAP with fake-quant vs integer kernels"))
     p.add_argument("--trial", type=int, required=True, help="trial number (see `autoq pareto`)")
     storage_options(p)
@@ -284,7 +280,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="sensitivity.csv", help="CSV file (ranked bar chart PNG written next to it)")
     p.set_defaults(func=cmd_sensitivity)
 
-    from autoq.app.cost_model import add_cost_model_parser
 
     add_cost_model_parser(sub)
 

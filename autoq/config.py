@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from autoq.errors import ConfigError
+from autoq.model.resolution import parse_resolution
+from autoq.model.rewrites import REWRITES, variant_name
 from autoq.plan import GRANULARITIES, Precision
+from autoq.quant.ranges import RANGE_ESTIMATORS
 
 DEFAULT_CONFIG = "autoq.yaml"
 
@@ -36,8 +39,6 @@ class ModelSection:
 
     def resolution_files(self, root: Path) -> dict[tuple[int, int], Path]:
         """model.resolutions as (h, w) -> absolute path."""
-        from autoq.model.resolution import parse_resolution
-
         return {parse_resolution(k): _abs(root, v) for k, v in self.resolutions.items()}
 
     def variant_files(self, root: Path) -> dict[str, Path]:
@@ -122,9 +123,20 @@ class TrackingSection:
 
 
 @dataclass(frozen=True)
+class ToolchainsSection:
+    """Vendor toolchains autoq drives by subprocess (`autoq verify`), each in its own environment."""
+
+    rknn: Mapping[str, Any] = field(default_factory=dict)  # {python: <RKNN-Toolkit2 venv>/bin/python}
+
+    def python(self, name: str, root: Path) -> Path | None:
+        """The interpreter configured for toolchain ``name`` (relative to the config's folder)."""
+        value = dict(getattr(self, name, {}) or {}).get("python")
+        return None if value is None else _abs(root, value)
+
+
+@dataclass(frozen=True)
 class ProjectConfig:
     """The whole autoq.yaml; relative paths are resolved against the file's folder (``root``)."""
-
     file: Path
     root: Path
     model: ModelSection
@@ -135,6 +147,7 @@ class ProjectConfig:
     space: SpaceSection = field(default_factory=SpaceSection)
     search: SearchSection = field(default_factory=SearchSection)
     tracking: TrackingSection = field(default_factory=TrackingSection)
+    toolchains: ToolchainsSection = field(default_factory=ToolchainsSection)
 
     @property
     def work_dir(self) -> Path:
@@ -175,6 +188,7 @@ _SECTIONS: dict[str, type] = {
     "space": SpaceSection,
     "search": SearchSection,
     "tracking": TrackingSection,
+    "toolchains": ToolchainsSection,
 }
 
 
@@ -276,6 +290,10 @@ def _validate(cfg: ProjectConfig) -> None:
             raise ConfigError(f"{_where(f, key)} {msg}")
 
     must(cfg.model.path.is_file(), "model.path", f"file not found: {cfg.model.path}; give the path to your .onnx model")
+    for key, value in dict(cfg.toolchains.rknn).items():
+        must(key == "python", f"toolchains.rknn.{key}", "is not a known key; known keys of toolchains.rknn: python")
+        must(isinstance(value, str) and bool(value), "toolchains.rknn.python",
+             "must be the path of the RKNN-Toolkit2 environment's python (scripts/install-rknn-toolkit.sh VENV)")
     must(cfg.data.eval_images.is_dir(), "data.eval_images", f"folder not found: {cfg.data.eval_images}")
     if cfg.data.eval_annotations is not None:
         must(
@@ -303,7 +321,6 @@ def _validate(cfg: ProjectConfig) -> None:
     for g in cfg.space.granularities:
         must(g in GRANULARITIES, "space.granularities", f"has unknown granularity {g!r}; known: {list(GRANULARITIES)}")
     must(bool(cfg.space.methods), "space.methods", "must list at least one range estimator")
-    from autoq.quant.ranges import RANGE_ESTIMATORS
 
     known_m = RANGE_ESTIMATORS.names()
     for m in cfg.space.methods:
@@ -334,9 +351,6 @@ def _validate(cfg: ProjectConfig) -> None:
 
 def _validate_variants(cfg: ProjectConfig, must) -> None:
     """model.resolutions, model.variants, space.resolutions and space.rewrites."""
-    from autoq.model.resolution import parse_resolution
-    from autoq.model.rewrites import REWRITES, variant_name
-
     for k, v in cfg.model.resolutions.items():
         try:
             parse_resolution(str(k))
@@ -444,4 +458,6 @@ search:
 tracking:
   # uri: sqlite:///path/to/mlflow.db      # default: mlflow.db next to this file
   # experiment: autoq                     # default: the study name
+# toolchains:                             # vendor tools for `autoq verify`, each in its own environment
+#   rknn: {python: ~/rknn-venv/bin/python}  # scripts/install-rknn-toolkit.sh ~/rknn-venv
 """

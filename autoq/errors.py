@@ -25,3 +25,7 @@ class SearchError(AutoqError):
 
 class ExportError(AutoqError):
     """A trial's configuration cannot be written in the requested format."""
+
+
+class ToolchainError(AutoqError):
+    """A vendor toolchain (run in its own environment) failed on a trial's bundle."""

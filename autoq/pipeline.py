@@ -18,9 +18,32 @@ from typing import Any
 
 import numpy as np
 
+from autoq.adapters import bind_output_names, load_adapter
 from autoq.config import ProjectConfig
+from autoq.data.coco import (
+    IMAGE_EXTENSIONS,
+    load_calibration,
+    load_eval_set,
+    subset_eval_set,
+)
+from autoq.data.preprocess import Preprocess, to_input
 from autoq.errors import ConfigError, ModelError
+from autoq.model.graph import load_model
+from autoq.model.resolution import format_resolution
+from autoq.model.rewrites import REWRITES, variant_name
+from autoq.model.variants import build_variant_file
+from autoq.objectives.metrics import MetricContext, drop, load_metric
+from autoq.objectives.similarity import DEFAULT_BUDGET_BYTES, CosineReference
 from autoq.plan import Precision, QuantConfig, TrialResult
+from autoq.quant.calibrate import collect_stats, stats_key
+from autoq.quant.qdq import build_qdq, config_int16_tensors
+from autoq.quant.ranges import activation_ranges
+from autoq.quant.toolchain_sim import fused_tensors, simulate_toolchain
+from autoq.runtime.runner import run_model, stream_model
+from autoq.runtime.session import create_session, usable_cores
+from autoq.runtime.tune import tune_session
+from autoq.surrogates.cost_model import estimate_latency, load_target
+from autoq.surrogates.measure import measure_latency
 
 Log = Callable[[str], None]
 
@@ -43,7 +66,6 @@ def _sha(*parts: str) -> str:
 
 class Project:
     """Model, data, calibration statistics, baseline and target of one autoq.yaml."""
-
     def __init__(self, config: ProjectConfig, *, log: Log = lambda _msg: None) -> None:
         self.config = config
         self.log = log
@@ -55,14 +77,10 @@ class Project:
     # --- variants: (resolution, rewrite set or user variant) -----------------------------------
     def resolution_choices(self) -> tuple[str, ...]:
         """space.resolutions as "HxW" strings (the ``resolution`` trial parameter); () = not searched."""
-        from autoq.model.resolution import format_resolution
-
         return tuple(format_resolution(r) for r in self.config.space.resolutions)
 
     def variant_choices(self) -> tuple[str, ...]:
         """"" (the original) + the space.rewrites set names + model.variants names; () = not searched."""
-        from autoq.model.rewrites import variant_name
-
         names = [variant_name(s) for s in self.config.space.rewrites] + list(self.config.model.variants)
         return ("", *dict.fromkeys(names)) if names else ()
 
@@ -88,14 +106,9 @@ class Project:
         return self._variants[key]
 
     def _build_variant(self, size: tuple[int, int], variant: str) -> VariantState:
-        from autoq.model.graph import load_model
-        from autoq.model.resolution import format_resolution
-        from autoq.model.variants import build_variant_file
-
         cfg = self.config
         known = self.variant_choices()
         if variant and variant not in known and "+" not in variant and variant not in cfg.model.variants:
-            from autoq.model.rewrites import REWRITES
 
             if variant not in REWRITES:
                 raise ConfigError(
@@ -104,8 +117,6 @@ class Project:
 
         def sample():
             try:
-                from autoq.data.coco import load_calibration
-                from autoq.data.preprocess import to_input
 
                 images, _ = load_calibration(cfg.data.calib_images, 1, size, self.preprocess)
                 return to_input(images[:1], self.preprocess)
@@ -134,7 +145,6 @@ class Project:
     # --- trial-independent state, built lazily and once -------------------------------------
     @cached_property
     def model(self):  # -> autoq.model.graph.LoadedModel
-        from autoq.model.graph import load_model
 
         return load_model(self.config.model.path)
 
@@ -152,30 +162,24 @@ class Project:
 
     @cached_property
     def preprocess(self):  # -> autoq.data.preprocess.Preprocess
-        from autoq.data.preprocess import Preprocess
 
         p = self.config.preprocess
         return Preprocess(resize=p.resize, pad_value=p.pad_value, color=p.color, mean=p.mean, std=p.std)
 
     @cached_property
     def adapter(self):
-        from autoq.adapters import bind_output_names, load_adapter
-
         options = {"input_size": self.input_size, **dict(self.config.model.adapter_options)}
         adapter = load_adapter(self.config.model.adapter, options, key=f"{self.config.file}: model.adapter")
         return bind_output_names(adapter, self.model.output_names)
 
     @cached_property
     def metric(self):  # -> autoq.objectives.metrics.LoadedMetric
-        from autoq.objectives.metrics import load_metric
 
         o = self.config.objective
         return load_metric(o.metric, o.options, key=f"{self.config.file}: objective.metric")
 
     @cached_property
     def eval_set(self):
-        from autoq.data.coco import load_eval_set
-
         d = self.config.data
         t = time.perf_counter()
         load = self.metric.load_eval_set or load_eval_set
@@ -185,8 +189,6 @@ class Project:
 
     @cached_property
     def target(self):
-        from autoq.surrogates.cost_model import load_target
-
         return load_target(self.config.target.name, key=f"{self.config.file}: target.name")
 
     @cached_property
@@ -212,10 +214,6 @@ class Project:
     @cached_property
     def stats(self):
         """Activation statistics over the calibration images: computed once per model variant, cached."""
-        from autoq.data.coco import load_calibration
-        from autoq.data.preprocess import to_input
-        from autoq.quant.calibrate import collect_stats, stats_key
-
         d = self.config.data
         # Key: model bytes (the variant: resolution and rewrites change them), input size and
         # preprocessing, and the content of the calibration files; nothing is decoded on a cache hit.
@@ -242,7 +240,6 @@ class Project:
 
         import onnxruntime
 
-        from autoq.runtime.tune import tune_session
 
         key = _sha(self.model.sha256, str(self.input_size), str(os.cpu_count()), onnxruntime.__version__)
         return tune_session(
@@ -289,9 +286,6 @@ class Project:
 
         Reuses `float_outputs` when already computed, else runs the float model on as many leading
         eval images as fit in the budget (one image first to measure the size)."""
-        from autoq.objectives.similarity import DEFAULT_BUDGET_BYTES, CosineReference
-        from autoq.runtime.runner import run_model
-        from autoq.runtime.session import create_session
 
         names = self.model.output_names
         if "float_outputs" in self.__dict__:
@@ -311,7 +305,6 @@ class Project:
         """One inference pass over the cached eval images: raw outputs per batch, per model output.
 
         ``model_bytes``: serialized model or an ORT session (sessions use `session_settings`)."""
-        from autoq.runtime.runner import run_model
 
         settings = self.session_settings
         return run_model(model_bytes, self.eval_set.images, self.preprocess, batch_size=settings.batch_size, settings=settings)
@@ -319,8 +312,6 @@ class Project:
     def stream_outputs(self, session):  # -> autoq.runtime.stream.StreamedOutputs
         """`outputs` of an ORT session, readable batch by batch as they finish: on a background thread
         when the session settings leave a core free for the scoring, else the whole pass first."""
-        from autoq.runtime.runner import stream_model
-        from autoq.runtime.session import usable_cores
 
         settings = self.session_settings
         free_core = 0 < settings.intra_op_threads < usable_cores()
@@ -328,8 +319,6 @@ class Project:
 
     def score(self, outputs, *, reference=None):  # -> autoq.objectives.metrics.MetricResult
         """The objective metric of raw ``outputs``; ``reference`` = float outputs (default: `float_outputs`)."""
-        from autoq.objectives.metrics import MetricContext
-
         context = MetricContext(
             self.eval_set,
             adapter=lambda: self.adapter,
@@ -354,8 +343,6 @@ class Project:
     def ranges(self, config: QuantConfig) -> dict[str, tuple[float, float]]:
         """Activation ranges for ``config`` from the cached statistics: its method (and percentile),
         int16 ranges for the tensors its int16 nodes touch (memoized per method and bit width)."""
-        from autoq.quant.qdq import config_int16_tensors
-        from autoq.quant.ranges import activation_ranges
 
         return activation_ranges(
             self.stats, config.calibration, int16_tensors=config_int16_tensors(self.model, config)
@@ -363,9 +350,17 @@ class Project:
 
     def build(self, config: QuantConfig, *, ranges: dict[str, tuple[float, float]] | None = None):
         """The trial's QDQ ModelProto, from cached ranges (no calibration pass)."""
-        from autoq.quant.qdq import build_qdq
+        proto = build_qdq(self.model, config, self.ranges(config) if ranges is None else ranges, memo=self.weight_memo)
+        t = self.target
+        if t.fused_activations or t.float_eltwise_constants:
+            fused = fused_tensors(self.model.proto.graph, t.fused_activations, self._quantized_precision(config))
+            proto = simulate_toolchain(proto, self.model.proto.graph, fused=fused, float_constants=t.float_eltwise_constants)
+        return proto
 
-        return build_qdq(self.model, config, self.ranges(config) if ranges is None else ranges, memo=self.weight_memo)
+    def _quantized_precision(self, config: QuantConfig):
+        """node name -> the trial's precision for quantizable nodes, None for the others."""
+        names = set(self.quantizable_names)
+        return lambda node: config.precision_of(node) if node in names else None
 
     @cached_property
     def weight_memo(self) -> dict[Any, Any]:
@@ -374,15 +369,12 @@ class Project:
 
     def latency(self, config: QuantConfig, proto=None):
         """Cost-model estimate; with target mode ``measured`` and the trial's QDQ ``proto``, timed here."""
-        from autoq.surrogates.cost_model import estimate_latency
-
         est = estimate_latency(self.model.nodes, config, self.target)
         t = self.target
         mode = self.config.target.mode or t.mode
         if mode == "measured" and proto is not None:
             import dataclasses
 
-            from autoq.surrogates.measure import measure_latency
 
             shape = None  # the proto's declared input shape; symbolic H/W need the trial's resolution
             if config.resolution is not None:
@@ -398,7 +390,6 @@ class Project:
         ``images`` > 0 (and fewer than the eval set): only the first ``images`` images, with ``map_drop``
         against the float model on the same images and ``partial=True`` (the search's early stop).
         """
-        from autoq.objectives.metrics import drop
 
         if 0 < images < len(self.eval_set.metas):
             import dataclasses
@@ -409,7 +400,6 @@ class Project:
             return state.evaluate(state.config_for(config))
         base = self.root.baseline  # map_drop: always against the original at its own resolution
         seconds: dict[str, Any] = {}
-        from autoq.runtime.session import create_session
 
         t = time.perf_counter()
         ranges = self.ranges(config)
@@ -459,10 +449,7 @@ class Project:
 
 class SubsetState(Project):
     """`Project.subset`: the same model, statistics and settings, the first ``images`` eval images."""
-
     def __init__(self, parent: Project, images: int) -> None:
-        from autoq.data.coco import subset_eval_set
-
         super().__init__(parent.config, log=parent.log)
         self.parent = parent
         for name in ("model", "input_size", "preprocess", "adapter", "metric", "target", "stats", "session_settings"):
@@ -535,7 +522,6 @@ def calibration_files(folder: Path, count: int) -> tuple[str, ...]:
 
     (An undecodable file is replaced by the next one when decoding; that replacement is not in the key.)
     """
-    from autoq.data.coco import IMAGE_EXTENSIONS
 
     folder = Path(folder)
     if not folder.is_dir():

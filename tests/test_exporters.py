@@ -279,34 +279,34 @@ def test_ascend_golden_and_round_trip(tmp_path: Path) -> None:
 
 
 def test_rknn_golden_and_round_trip(tmp_path: Path) -> None:
-    [path] = export_config(ctx_for(), "rknn", tmp_path / "r")
-    assert path.name == "yolox-nano_trial17.quantization.cfg"
-    text = path.read_text()
-    assert text.startswith("# RKNN-Toolkit2 hybrid quantization cfg written by autoq")
-    data = yaml.safe_load(text)
-    assert data == {
-        "custom_quantize_layers": {f"{NODES[1]}_out": "int16", f"{NODES[2]}_out": "float16",
-                                   "reg_out": "int16", "reg_aux": "int16"},
-        "quantize_parameters": {},
-    }
-    tensors, cal = read_rknn(path)
-    assert tensors == {f"{NODES[1]}_out": Precision.INT16, f"{NODES[2]}_out": Precision.FLOAT,
-                       "reg_out": Precision.INT16, "reg_aux": Precision.INT16}
-    assert cal == {"quantized_algorithm": "normal", "quantized_method": "channel", "quantize_parameters": {}}
-    nodes, _ = read_rknn(path, node_outputs=OUTPUTS)
-    assert nodes == listed(MIXED)
-
-
-def test_rknn_reads_outputs_from_the_model(tmp_path: Path) -> None:
     import onnx
 
     model_path = tmp_path / "m.onnx"
     onnx.save(_tiny_onnx(), model_path)
-    ctx = dataclasses.replace(make_ctx(MIXED), model_path=model_path)  # no node_outputs: read from the file
-    [path] = export_config(ctx, "rknn", tmp_path / "r.cfg")
-    assert read_rknn(path)[0] == {"t1": Precision.INT16, "t2": Precision.FLOAT, "t3": Precision.INT16}
+    ctx = dataclasses.replace(make_ctx(MIXED), model_path=model_path)
+    files = export_config(ctx, "rknn", tmp_path / "r")
+    path = files[0]
+    assert path.name == "yolox-nano_trial17.quantization.cfg"
+    assert {f.name for f in files} == {path.name, "model.onnx", "rknn_bundle.json", "build_rknn.py", "dataset.txt"}
+    text = path.read_text()
+    assert text.startswith("# RKNN-Toolkit2 hybrid quantization cfg written by autoq")
+    assert "no RKNN equivalent; normal (min/max) is the nearest" in text  # percentile
+    data = yaml.safe_load(text)
+    # t0 feeds the int16 node NODES[1]: autoq quantizes it to int16, and in RKNN a tensor's type is its producer's
+    assert data == {"custom_quantize_layers": {"t0": "int16", "t1": "int16", "t2": "float16", "t3": "int16"},
+                    "quantize_parameters": {}}
+    tensors, cal = read_rknn(path)
+    assert tensors == {"t0": Precision.INT16, "t1": Precision.INT16, "t2": Precision.FLOAT, "t3": Precision.INT16}
+    assert cal == {"quantized_algorithm": "normal", "quantized_method": "channel", "quantize_parameters": {}}
+    nodes, _ = read_rknn(path, node_outputs={n: (f"t{i}",) for i, n in enumerate(NODES)})
+    assert nodes == listed(MIXED) | {NODES[0]: Precision.INT16}
+    bundle = json.loads((tmp_path / "r" / "rknn_bundle.json").read_text())
+    assert bundle["quantization_cfg"] == path.name and bundle["do_quantization"] is True
+
+
+def test_rknn_needs_the_model_to_name_tensors(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="cannot be read"):
-        export_config(make_ctx(MIXED), "rknn", tmp_path / "r2.cfg")
+        export_config(make_ctx(MIXED), "rknn", tmp_path / "r2")
 
 
 # --------------------------------------------------------------------------- onnx-qdq

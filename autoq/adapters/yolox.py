@@ -19,6 +19,7 @@ import numpy as np
 from autoq.adapters import ADAPTERS
 from autoq.adapters.base import Detections, ImageMeta
 from autoq.adapters.nms import batched_nms
+from autoq.demo.synthetic import CLASSES as DEMO_CLASSES
 from autoq.errors import ConfigError
 
 __all__ = ["DemoAdapter", "YoloxAdapter"]
@@ -194,14 +195,6 @@ class YoloxAdapter:
         return result
 
 
-def _demo_num_classes() -> int:
-    try:
-        from autoq.demo.synthetic import CLASSES
-    except Exception:  # the demo package is optional at import time; its detector has 6 classes
-        return 6
-    return len(CLASSES)
-
-
 @ADAPTERS.register("demo")
 class DemoAdapter(YoloxAdapter):
     """The shipped demo detector: YOLOX format with the decode in the graph (``decode_in_inference``),
@@ -223,7 +216,7 @@ class DemoAdapter(YoloxAdapter):
         input_size: Sequence[int] | None = None,
     ) -> None:
         super().__init__(
-            num_classes=_demo_num_classes() if num_classes is None else num_classes,
+            num_classes=len(DEMO_CLASSES) if num_classes is None else num_classes,
             strides=strides,
             score_threshold=score_threshold,
             nms_iou=nms_iou,

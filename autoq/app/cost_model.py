@@ -14,7 +14,15 @@ import argparse
 import functools
 from pathlib import Path
 
+from autoq.config import load_config
 from autoq.errors import ConfigError
+from autoq.model.graph import load_model, node_table
+from autoq.pipeline import Project
+from autoq.plan import QuantConfig
+from autoq.results.store import load_study
+from autoq.surrogates.cost_model import estimate_latency, load_target
+from autoq.surrogates.fit import _read_config, fit_target, load_measurements
+from autoq.trial_record import trial_config
 
 __all__ = ["add_cost_model_parser", "cmd_cost_model_breakdown", "cmd_cost_model_fit"]
 
@@ -53,18 +61,11 @@ def add_cost_model_parser(subparsers) -> argparse.ArgumentParser:
 
 def _model_and_study(args: argparse.Namespace):
     """(LoadedModel, config_for_trial or None) from --config or --model."""
-    from autoq.model.graph import load_model
-
     if getattr(args, "config", None):
-        from autoq.config import load_config
-        from autoq.pipeline import Project
 
         project = Project(load_config(args.config))
 
         def config_for_trial(number: int):
-            from autoq.results.store import load_study
-            from autoq.trial_record import trial_config
-
             study = load_study(project)
             trials = [t for t in study.get_trials(deepcopy=False) if t.number == number]
             if not trials:
@@ -78,8 +79,6 @@ def _model_and_study(args: argparse.Namespace):
 
 
 def _nodes_at(model):
-    from autoq.model.graph import node_table
-
     @functools.lru_cache(maxsize=16)
     def nodes_at(resolution):
         if resolution is None:
@@ -91,9 +90,6 @@ def _nodes_at(model):
 
 
 def cmd_cost_model_fit(args: argparse.Namespace) -> int:
-    from autoq.surrogates.cost_model import load_target
-    from autoq.surrogates.fit import fit_target, load_measurements
-
     if not 0 <= args.holdout < 1:
         raise ConfigError(f"--holdout must be in [0, 1), got {args.holdout}")
     target = load_target(args.target, key="--target")
@@ -110,10 +106,6 @@ def cmd_cost_model_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_cost_model_breakdown(args: argparse.Namespace) -> int:
-    from autoq.plan import QuantConfig
-    from autoq.surrogates.cost_model import estimate_latency, load_target
-    from autoq.surrogates.fit import _read_config
-
     target = load_target(args.target, key="--target")
     model, _ = _model_and_study(args)
     cfg = _read_config(Path(args.quant), "--quant") if args.quant else QuantConfig.uniform("int8")

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
+from autoq.demo.synthetic import generate_dataset
 from autoq.errors import ModelError
 
 DEMO_CONFIG = """\
@@ -52,8 +53,6 @@ def shipped_detector() -> Path:
 
 def write_demo_project(directory: Path, *, log: Callable[[str], None] = print) -> Path:
     """Writes data, model and autoq.yaml into ``directory`` (kept if already there); returns the config path."""
-    from autoq.demo.synthetic import generate_dataset
-
     directory = directory.expanduser().resolve()
     directory.mkdir(parents=True, exist_ok=True)
     generate_dataset(directory / "data")

@@ -48,11 +48,3 @@ def _check_options(writer: Exporter, fmt: str, options: dict[str, Any]) -> None:
             raise ConfigError(
                 f"export format {fmt!r} has no option {name!r}; known options: {', '.join(known) or '(none)'}"
             )
-
-
-def __getattr__(name: str) -> Any:  # lazy, so importing autoq.export does not import every exporter
-    if name == "read_horizon":
-        from autoq.export.horizon import read_horizon
-
-        return read_horizon
-    raise AttributeError(f"module 'autoq.export' has no attribute {name!r}")

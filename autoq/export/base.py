@@ -18,6 +18,8 @@ from autoq.plan import Precision, QuantConfig
 from autoq.registry import Registry
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from autoq.data.preprocess import Preprocess
 
 __all__ = [
@@ -59,6 +61,9 @@ class ExportContext:
         study, trial, map_drop, latency_ms: provenance written into file headers.
         target: hardware target name, e.g. ``"generic-npu"``, ``"horizon-x3"``, ``"horizon-j5"``.
         calib_dir: directory of calibration tensors for the compiler, if prepared.
+        calib_images: loads the calibration images autoq's statistics came from, prepared at the
+            trial's size (uint8 NHWC, the model's colour order, no mean/std), for formats that ship
+            their own calibration inputs (``rknn``).
         qdq_model: builds the trial's QDQ ONNX (serialized) on demand; only ``onnx-qdq`` needs it.
         node_outputs: node name -> its output tensor names (formats keyed by tensors, e.g. ``rknn``);
             when absent those exporters read them from ``model_path``.
@@ -77,6 +82,7 @@ class ExportContext:
     latency_ms: float | None
     target: str
     calib_dir: Path | None = None
+    calib_images: Callable[[], np.ndarray] | None = None
     qdq_model: Callable[[], bytes] | None = None
     node_outputs: Mapping[str, tuple[str, ...]] | None = None
 

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from autoq.errors import ConfigError, ExportError
-from autoq.export.base import EXPORTERS, ExportContext, check_model_nodes, header_lines, out_file, precision_counts
+from autoq.export.base import (
+    EXPORTERS,
+    ExportContext,
+    check_model_nodes,
+    header_lines,
+    out_file,
+    precision_counts,
+)
 from autoq.plan import Precision
 
 __all__ = ["read_onnx_qdq", "write_onnx_qdq"]

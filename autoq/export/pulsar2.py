@@ -127,7 +127,7 @@ def write_pulsar2(
         "calibration_mean/std (0..255 units, model colour order) before feeding them",
         "weights: Pulsar2 chooses weight granularity itself; the trial's "
         f"({cal.granularity}) is not expressible here",
-        f"float nodes run as FP32 layers on the NPU (Pulsar2 has no CPU fallback per layer)",
+        "float nodes run as FP32 layers on the NPU (Pulsar2 has no CPU fallback per layer)",
     ]
     if note:
         assumptions.append(f"calibration_method: {note}")

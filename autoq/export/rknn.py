@@ -1,29 +1,40 @@
-"""Rockchip RKNN-Toolkit2 hybrid quantization: the ``<name>.quantization.cfg`` layers section.
+"""Rockchip RKNN-Toolkit2: a bundle ``autoq export --format rknn -o DIR`` writes and the toolkit builds.
 
-``rknn.hybrid_quantization_step1`` writes ``<name>.quantization.cfg`` (YAML) with
-``custom_quantize_layers`` (edited by the user) and ``quantize_parameters`` (the ranges step1
-computed); ``hybrid_quantization_step2`` builds from it. autoq writes the same file shape:
+RKNN-Toolkit2 runs in its own environment (``scripts/install-rknn-toolkit.sh VENV``); the bundle
+is everything it needs, and nothing imports it into autoq:
 
-* ``custom_quantize_layers: {<output tensor name>: int16 | float16}`` — keyed by the OUTPUT tensor
-  names of each node (a node with several outputs lists each); int16 -> ``int16``, float ->
-  ``float16`` (RKNN has no float32 layers); int8 is RKNN's default (``quantized_dtype`` w8a8) and is
-  not listed;
-* ``quantize_parameters: {}`` — left empty: only step1 can fill it. Copy the
-  ``custom_quantize_layers`` block into the cfg step1 wrote (or run step2 on this file after
-  pasting step1's ``quantize_parameters`` into it).
+* ``<name>.quantization.cfg``: the hybrid-quantization cfg shape step1 writes, with autoq's
+  ``custom_quantize_layers: {<tensor>: int16 | float16}`` and ``quantize_parameters: {}`` (only
+  step1 can fill those: RKNN recalibrates from the dataset and refuses edited scales). Keys are
+  the tensors step1 names (`autoq.export.rknn_names`): a SiLU's Sigmoid is fused into its Mul (the
+  Mul's output carries the unit's precision, the higher of the two when the trial differs),
+  3-D activations are ``X-rs``, folded nodes have none. int16 -> ``int16``, float -> ``float16``
+  (RKNN runs no float32 layers), int8 is RKNN's default (``quantized_dtype: w8a8``), not listed;
+* ``model.onnx``: the model those names belong to (the trial's resolution and variant);
+* ``calib/*.npy`` + ``dataset.txt``: the calibration images autoq used, letterboxed to the
+  trial's size, float32 NCHW raw pixels (``rknn.config`` applies mean/std);
+* ``rknn_bundle.json``: the ``rknn.config`` arguments for the trial's calibration
+  (minmax/percentile -> ``normal``, mse -> ``mmse``, kl -> ``kl_divergence``; per-channel ->
+  ``channel``), and what to build;
+* ``build_rknn.py`` (`autoq.export.rknn_build`): plain ``build`` when no layer is listed, else
+  step1 -> names checked against step1's cfg -> merged -> step2; ``--simulate`` runs the x86
+  simulator on a list of inputs (`autoq verify --toolchain rknn` uses it).
 
-The range method / granularity are ``rknn.config()`` arguments, not cfg fields: they are written in
-the header as ``# rknn.config: quantized_algorithm=<a> quantized_method=<m>``, which `read_rknn` reads.
+The header line ``# rknn.config: quantized_algorithm=<a> quantized_method=<m>`` repeats the
+calibration for `read_rknn`.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from autoq.errors import ConfigError, ExportError
+from autoq.export import rknn_build
 from autoq.export.base import (
     EXPORTERS,
     ExportContext,
@@ -31,12 +42,17 @@ from autoq.export.base import (
     comment_block,
     header_lines,
     join_names,
-    out_file,
     precision_counts,
 )
+from autoq.export.rknn_names import (
+    cfg_name_of_nodes,
+    predict_step1_names,
+    step1_name_owners,
+)
 from autoq.plan import Precision
+from autoq.quant.toolchain_sim import fused_tensors
 
-__all__ = ["node_output_tensors", "read_rknn", "write_rknn"]
+__all__ = ["read_rknn", "rknn_config", "rknn_layers", "write_rknn"]
 
 _TYPE = {Precision.INT16: "int16", Precision.FLOAT: "float16", Precision.INT8: "int8"}
 _FROM_TYPE = {"int8": Precision.INT8, "int16": Precision.INT16, "float16": Precision.FLOAT}
@@ -44,83 +60,214 @@ _CONFIG_LINE = re.compile(r"^#\s*rknn\.config:\s*quantized_algorithm=(\S+)\s+qua
 
 
 @EXPORTERS.register("rknn")
-def write_rknn(ctx: ExportContext, out: Path, *, name: str | None = None) -> list[Path]:
-    """Writes ``<name>.quantization.cfg`` (``name`` defaults to the trial label); returns ``[path]``."""
+def write_rknn(ctx: ExportContext, out: Path, *, name: str | None = None, target_platform: str = "") -> list[Path]:
+    """Writes the bundle into ``out`` (a folder; a file path names the cfg and the bundle goes beside it).
+
+    ``target_platform`` defaults to the trial's target when it is a Rockchip chip, else ``rk3588``.
+    Returns the files written, the cfg first.
+    """
+    import onnx
     import yaml
 
     check_model_nodes(ctx)
-    outputs = node_output_tensors(ctx)
-    assignment = ctx.assignment()
-    layers: dict[str, str] = {}
-    for node, p in assignment.items():
-        if p is Precision.INT8:
-            continue
-        for tensor in outputs[node]:
-            layers[tensor] = _TYPE[p]
-
-    cal = ctx.config.calibration
-    m = (cal.method or "minmax").lower()
-    algorithm = {"minmax": "normal", "max": "normal", "mse": "mmse", "entropy": "kl_divergence",
-                 "kl": "kl_divergence"}.get(m, "normal")
-    note = "" if m in ("minmax", "max", "mse", "entropy", "kl") else (
-        f"nearest equivalent: autoq method {cal.method!r} -> normal (min/max)")
-    qmethod = "channel" if cal.granularity == "per_channel" else "layer"
-
+    try:
+        model = onnx.load(str(ctx.model_path))
+    except Exception as exc:  # noqa: BLE001 - any load failure means "cannot name tensors"
+        raise ExportError(
+            f"rknn keys layers by the tensors RKNN names, and {ctx.model_path} cannot be read to find them ({exc})"
+        ) from None
+    all_float = all(p is Precision.FLOAT for p in ctx.assignment().values())
+    layers, folded, merged = rknn_layers(ctx, model)
+    if all_float:
+        layers = {}  # a plain float16 build (do_quantization false)
+    config = rknn_config(ctx, target_platform)
     counts = precision_counts(ctx)
     label = name or ctx.label()
+    out = Path(out)
+    if out.suffix and not out.is_dir():
+        folder, cfg_path = out.parent, out
+    else:
+        folder = out
+        cfg_path = out / f"{label}.quantization.cfg"
+    folder.mkdir(parents=True, exist_ok=True)
+
     assumptions = [
-        f"keys are output tensor names of the nodes of {ctx.model_path}; RKNN's own graph optimisation may rename "
-        "tensors: compare with the cfg step1 writes",
+        "keys are the tensors RKNN-Toolkit2 2.5.0's hybrid_quantization_step1 names for model.onnx "
+        "(SiLU = one exSwish unit keyed by its Mul; 3-D tensors as X-rs); build_rknn.py checks them "
+        "against the cfg step1 writes",
         "float nodes are written float16 (RKNN runs no float32 layers)",
         "int8 is the default (rknn.config quantized_dtype w8a8) and is not listed",
-        "quantize_parameters is empty: only hybrid_quantization_step1 computes it; copy "
-        "custom_quantize_layers into the cfg step1 wrote",
+        "quantize_parameters is empty: RKNN computes it in step1 from dataset.txt",
     ]
-    if ctx.config.default is not Precision.INT8:
-        assumptions.append(f"the trial's default is {ctx.config.default.value}: every such node is listed")
-    if note:
-        assumptions.append(f"quantized_algorithm: {note}")
+    if folded:
+        assumptions.append(f"no RKNN tensor (folded or fused away): {join_names(folded)}")
+    if merged:
+        assumptions.append(f"one RKNN unit, the higher precision taken: {join_names(merged)}")
+    if config.pop("_note", None):
+        assumptions.append(f"quantized_algorithm: autoq method {ctx.config.calibration.method!r} has no RKNN "
+                           "equivalent; normal (min/max) is the nearest")
     header = header_lines(
         ctx,
         "RKNN-Toolkit2 hybrid quantization cfg",
         counts=f"{counts['int8']} int8, {counts['int16']} int16, {counts['float']} float (float16)",
         assumptions=assumptions,
-        run=(f"rknn.hybrid_quantization_step2(model_input='{label}.model', data_input='{label}.data', "
-             f"model_quantization_cfg='{label}.quantization.cfg')"),
+        run="VENV/bin/python build_rknn.py   (VENV from scripts/install-rknn-toolkit.sh; writes " + label + ".rknn)",
     )
-    header.append(f"rknn.config: quantized_algorithm={algorithm} quantized_method={qmethod}")
+    header.append(f"rknn.config: quantized_algorithm={config['quantized_algorithm']} "
+                  f"quantized_method={config['quantized_method']}")
     body = yaml.safe_dump({"custom_quantize_layers": layers}, sort_keys=False, default_flow_style=False,
                           allow_unicode=True, width=4096)
-    body += "# filled by rknn.hybrid_quantization_step1; autoq leaves it empty (see the header)\n"
+    body += "# filled by rknn.hybrid_quantization_step1 (build_rknn.py merges the layers above into it)\n"
     body += "quantize_parameters: {}\n"
-    out = Path(out)
-    if out.is_dir() or not out.suffix:
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / f"{label}.quantization.cfg"
-    else:
-        path = out_file(ctx, out, ".quantization.cfg")
-    path.write_text(comment_block(header) + "\n" + body, encoding="utf-8")
-    return [path]
+    cfg_path.write_text(comment_block(header) + "\n" + body, encoding="utf-8")
+
+    model_path = folder / "model.onnx"
+    shutil.copyfile(ctx.model_path, model_path)
+    calib = _write_calibration(ctx, folder)
+    bundle = {
+        "model": model_path.name,
+        "quantization_cfg": cfg_path.name,
+        "dataset": "dataset.txt",
+        "do_quantization": not all_float,
+        "config": config,
+        "output": f"{label}.rknn",
+    }
+    bundle_path = folder / "rknn_bundle.json"
+    bundle_path.write_text(json.dumps(bundle, indent=1) + "\n", encoding="utf-8")
+    script = folder / "build_rknn.py"
+    shutil.copyfile(Path(rknn_build.__file__), script)
+    return [cfg_path, model_path, bundle_path, script, *calib]
 
 
-def node_output_tensors(ctx: ExportContext) -> dict[str, tuple[str, ...]]:
-    """Node -> output tensor names, from ``ctx.node_outputs`` or else read from ``ctx.model_path``."""
-    if ctx.node_outputs is not None:
-        outputs = {n: tuple(o) for n, o in ctx.node_outputs.items()}
-    else:
-        try:
-            import onnx
+_RANK = {Precision.INT8: 0, Precision.INT16: 1, Precision.FLOAT: 2}
 
-            model = onnx.load(str(ctx.model_path), load_external_data=False)
-        except Exception as exc:  # noqa: BLE001 - any load failure means "cannot name tensors"
-            raise ExportError(
-                f"rknn keys layers by output tensor names, and {ctx.model_path} cannot be read to find them ({exc})"
-            ) from None
-        outputs = {n.name: tuple(o for o in n.output if o) for n in model.graph.node}
-    missing = [n for n in ctx.node_names if not outputs.get(n)]
-    if missing:
-        raise ExportError(f"no output tensor names for nodes {join_names(missing)} in {ctx.model_path}")
-    return outputs
+
+def rknn_layers(ctx: ExportContext, model: Any) -> tuple[dict[str, str], list[str], list[str]]:
+    """(``custom_quantize_layers``, nodes RKNN has no tensor for, nodes sharing a unit with another
+    node of a different precision).
+
+    Each quantizable node's precision goes to the tensor step1 names for it, and an int16 node's
+    activation inputs are int16 as in autoq's simulation. RKNN also gives tensors
+    of ops autoq does not quantize (Reshape, Transpose, Split, its own ``X_rs`` reshapes) a type of
+    their own, int8 unless listed, where ORT's QDQ model passes their input's quantization through:
+    they get the highest precision of their inputs, as in autoq's simulation.
+    """
+    names = predict_step1_names(model)
+    cfg_of = cfg_name_of_nodes(model, names)
+    made_up: dict[str, list[str]] = {}
+    for name, owner in step1_name_owners(model).items():
+        made_up.setdefault(owner, []).append(name)
+    assignment = ctx.assignment()
+    inits = {t.name for t in model.graph.initializer}
+    tensor_p: dict[str, Precision] = {}
+    targets_of: dict[str, list[str]] = {}
+    chosen: dict[str, Precision] = {}
+    members: dict[str, list[str]] = {}
+    folded: list[str] = []
+
+    def raise_to(tensor: str, p: Precision) -> None:
+        chosen[tensor] = max(p, chosen.get(tensor, p), key=_RANK.__getitem__)
+
+    for n in model.graph.node:
+        if n.name in assignment:
+            p = assignment[n.name]
+        else:
+            inputs = [tensor_p[i] for i in n.input if i and i not in inits and i in tensor_p]
+            p = max(inputs, key=_RANK.__getitem__, default=Precision.INT8)
+        targets = []
+        for o in n.output:
+            tensor_p[o] = p
+            targets += [t for t in (o, o + "-rs") if t in names]  # a 3-D graph output has both
+        if not targets and cfg_of.get(n.name):  # a SiLU's Sigmoid: its Mul's tensor
+            targets = [cfg_of[n.name]]
+        targets += made_up.get(n.name, [])  # RKNN's Focus per-slice convs, X_rs, tiled MaxPools
+        targets_of[n.name] = targets
+        if not targets:
+            if n.name in assignment and p is not Precision.INT8:
+                folded.append(n.name)
+            continue
+        for tensor in targets:
+            if n.name in assignment:
+                members.setdefault(tensor, []).append(n.name)
+            raise_to(tensor, p)
+    # autoq quantizes every activation touching an int16 node to int16, its inputs too
+    # (`autoq.quant.qdq.int16_tensors`); in RKNN a tensor's type is its producer's: raise those.
+    graph_inputs = {i.name for i in model.graph.input}
+    for n in model.graph.node:
+        if assignment.get(n.name) is not Precision.INT16:
+            continue
+        inputs = n.input[:1] if n.op_type in ("Conv", "ConvTranspose", "Gemm") else n.input
+        for i in inputs:
+            if not i or i in inits or i in graph_inputs or tensor_p.get(i) is Precision.FLOAT:
+                continue
+            for tensor in (i, i + "-rs"):
+                if tensor in names:
+                    raise_to(tensor, Precision.INT16)
+    # A Conv+SiLU / Conv+Sigmoid unit autoq simulates as one kernel (its nodes share a precision)
+    # stays one in RKNN only if its tensors share a type: an output raised to int16 raises the unit.
+    for unit in _fused_units(model.graph, assignment):
+        tensors = [t for node in unit for t in targets_of.get(node, [])]
+        top = max((chosen.get(t, Precision.INT8) for t in tensors), key=_RANK.__getitem__, default=Precision.INT8)
+        for t in tensors:
+            raise_to(t, top)
+    merged = [n for t, ns in members.items() if len({assignment[m] for m in ns}) > 1 for n in ns]
+    layers = {t: _TYPE[p] for t, p in chosen.items() if p is not Precision.INT8}
+    return layers, folded, merged
+
+
+def _fused_units(graph: Any, assignment: Mapping[str, Precision]) -> list[tuple[str, ...]]:
+    """Node names of each Conv + SiLU / Conv + Sigmoid unit whose quantizable nodes share one
+    precision (the units `autoq.quant.toolchain_sim` simulates fused on rk3588)."""
+    inner = fused_tensors(graph, ("SiLU", "Sigmoid"), assignment.get)
+    consumers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    units = []
+    for n in graph.node:
+        if n.op_type in ("Conv", "ConvTranspose") and n.output[0] in inner:
+            acts = consumers.get(n.output[0], [])
+            tail = [c for a in acts for c in consumers.get(a.output[0], []) if c.op_type == "Mul"]
+            units.append((n.name, *(a.name for a in acts), *(c.name for c in tail)))
+    return units
+
+
+def rknn_config(ctx: ExportContext, target_platform: str = "") -> dict[str, Any]:
+    """The ``rknn.config`` arguments for the trial (``_note`` set when the method has no RKNN equivalent)."""
+    cal = ctx.config.calibration
+    m = (cal.method or "minmax").lower()
+    algorithm = {"minmax": "normal", "mse": "mmse", "kl": "kl_divergence"}.get(m, "normal")
+    platform = target_platform or (ctx.target if ctx.target.startswith(("rk", "rv")) else "rk3588")
+    pp = ctx.preprocess
+    config: dict[str, Any] = {
+        "target_platform": platform,
+        "mean_values": [[float(v) for v in pp.mean]],
+        "std_values": [[float(v) for v in pp.std]],
+        "quantized_dtype": "w8a8",
+        "quantized_algorithm": algorithm,
+        "quantized_method": "channel" if cal.granularity == "per_channel" else "layer",
+        "float_dtype": "float16",
+    }
+    if m not in ("minmax", "mse", "kl"):
+        config["_note"] = True
+    return config
+
+
+def _write_calibration(ctx: ExportContext, folder: Path) -> list[Path]:
+    """``calib/<k>.npy`` (float32 NCHW raw pixels) and ``dataset.txt`` listing them."""
+    import numpy as np
+
+    listing = folder / "dataset.txt"
+    files: list[Path] = []
+    if ctx.calib_images is not None:
+        images = ctx.calib_images()
+        (folder / "calib").mkdir(exist_ok=True)
+        for k, image in enumerate(images):
+            path = folder / "calib" / f"{k:04d}.npy"
+            np.save(path, np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32))
+            files.append(path)
+    listing.write_text("".join(f"{p.relative_to(folder).as_posix()}\n" for p in files), encoding="utf-8")
+    return [listing, *files]
 
 
 def read_rknn(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from autoq.data.coco import load_calibration
 from autoq.errors import ExportError, SearchError
 from autoq.export import export_config
 from autoq.export.base import ExportContext
@@ -23,6 +24,7 @@ def trial_context(project: Project, study, t) -> ExportContext:
     config = state.config_for(trial_config(t))
     h, w = config.resolution or state.input_size
     nodes = state.model.nodes
+    d = project.config.data
     return ExportContext(
         config=config,
         model_path=model_file_for_export(state),
@@ -37,6 +39,7 @@ def trial_context(project: Project, study, t) -> ExportContext:
         latency_ms=t.values[1],
         target=project.target.name,
         calib_dir=project.config.data.calib_images,
+        calib_images=lambda: load_calibration(d.calib_images, d.calib_count, (h, w), project.preprocess)[0],
         qdq_model=lambda: state.build(config).SerializeToString(),
         node_outputs={n.name: tuple(n.outputs) for n in nodes},
     )

@@ -16,6 +16,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autoq.model.graph import load_model
+from autoq.model.resolution import at_resolution, format_resolution, static_input_size
+from autoq.model.rewrites import apply_rewrites, get_rewrite, rewrite_set
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -50,9 +54,6 @@ def build_variant_file(
     """Writes (once) the variant's ONNX and returns its path and the rewrite reports (dicts)."""
     import onnx
 
-    from autoq.model.graph import load_model
-    from autoq.model.resolution import at_resolution, format_resolution, static_input_size
-    from autoq.model.rewrites import apply_rewrites, get_rewrite, rewrite_set
 
     kind = variant_kind(variant, user_variants)
     names: list[str] = []

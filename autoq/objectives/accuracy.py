@@ -16,6 +16,7 @@ import numpy as np
 
 from autoq.adapters import bind_input_size
 from autoq.adapters.base import Adapter, Detections, ImageMeta
+from autoq.data.coco import _quiet_coco
 from autoq.data.preprocess import Preprocess
 from autoq.runtime.runner import run_model
 
@@ -39,7 +40,6 @@ __all__ = [
 @dataclass(frozen=True)
 class CocoMetrics:
     """COCO bbox metrics; size-range APs are nan when the set has no ground truth of that size."""
-
     map: float
     map50: float
     map_small: float
@@ -248,7 +248,6 @@ def pseudo_ground_truth(
     """
     from dataclasses import replace
 
-    from autoq.data.coco import _quiet_coco
 
     if len(detections) != len(eval_set.metas):
         raise ValueError(f"{len(detections)} detections for {len(eval_set.metas)} images")

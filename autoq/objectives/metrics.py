@@ -31,7 +31,17 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
+from autoq.adapters.base import Detections
+from autoq.data.coco import load_class_folders
 from autoq.errors import ConfigError
+from autoq.objectives.accuracy import (
+    CocoEvaluation,
+    coco_metrics,
+    detect,
+    detect_batches,
+    pseudo_ground_truth,
+)
+from autoq.objectives.similarity import output_similarity
 from autoq.registry import Registry, accepted_options
 
 _CALL_ARGS = ("outputs", "context")  # call arguments, not options
@@ -114,14 +124,10 @@ class MetricContext:
 
     def detect(self, outputs: Outputs) -> list[Detections]:
         """The adapter over every batch (told the network input size)."""
-        from autoq.objectives.accuracy import detect
-
         return detect(outputs, self.eval_set.metas, self.adapter, input_size=self.eval_set.size)
 
     def detect_batches(self, outputs: Outputs) -> Iterator[list[Detections]]:
         """`detect` batch by batch, as the batches arrive (see `autoq.runtime.stream`)."""
-        from autoq.objectives.accuracy import detect_batches
-
         return detect_batches(outputs, self.eval_set.metas, self.adapter, input_size=self.eval_set.size)
 
     def memoized(self, key: Any, make: Callable[[], Any]) -> Any:
@@ -147,7 +153,6 @@ MetricFn = Callable[[Outputs, MetricContext], Union[MetricResult, float]]
 @dataclass(frozen=True)
 class LoadedMetric:
     """A metric ready to score: the callable with its options bound, and its declared direction."""
-
     name: str
     fn: MetricFn
     higher_is_better: bool = True
@@ -231,9 +236,6 @@ class CocoMap:
         self.pseudo_gt_score = float(pseudo_gt_score)
 
     def __call__(self, outputs: Outputs, context: MetricContext) -> MetricResult:
-        from autoq.objectives.accuracy import coco_metrics, CocoEvaluation, pseudo_ground_truth
-        from autoq.objectives.similarity import output_similarity
-
         if context.eval_set.coco is not None:  # each batch scored as it arrives (overlaps a streamed inference)
             evaluation = CocoEvaluation(context.eval_set)
             for batch in context.detect_batches(outputs):
@@ -264,8 +266,6 @@ class CocoMap:
 
 def _known_labels(det: Detections, k: int) -> Detections:
     """Only the detections of classes 0..k-1 (the others have no ground truth to be scored against)."""
-    from autoq.adapters.base import Detections
-
     if len(det) == 0 or int(det.labels.max()) < k:
         return det
     ok = det.labels < k
@@ -300,7 +300,6 @@ class Top1:
     def load_eval_set(
         self, images_dir: Any, annotations: Any, size: tuple[int, int], pp: Preprocess, *, subset: int = 0
     ) -> EvalSet:
-        from autoq.data.coco import load_class_folders
 
         if annotations is not None:
             raise ConfigError(
@@ -341,8 +340,6 @@ class Cosine:
         self.output = output
 
     def __call__(self, outputs: Outputs, context: MetricContext) -> MetricResult:
-        from autoq.objectives.similarity import output_similarity
-
         sim = output_similarity(context.reference, outputs)
         value = sim["cosine"]
         if self.output is not None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from autoq.errors import ModelError
+from autoq.model.graph import quantizable_op_types
 from autoq.plan import Precision, QuantConfig
 from autoq.quant import ort_fast
 
@@ -67,7 +68,6 @@ def build_qdq(
     )
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 
-    from autoq.model.graph import quantizable_op_types
 
     quantizable = model.quantizable()
     _check_config_nodes(model, config)

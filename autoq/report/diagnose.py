@@ -28,7 +28,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from autoq.data.coco import load_calibration, subset_eval_set
+from autoq.data.preprocess import to_input
+from autoq.objectives.metrics import MetricContext
+from autoq.objectives.similarity import MEASURES, mean_cosine, similarity_per_output
+from autoq.plan import Calibration, Precision, QuantConfig
+from autoq.quant.calibrate import collect_stats
+from autoq.quant.ranges import DEFAULT_PERCENTILE
 from autoq.report.doc import Doc
+from autoq.runtime.runner import run_model
+from autoq.runtime.session import create_session
 from autoq.search.sensitivity import GROUP_START_OPS, node_groups, sweep  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
@@ -63,7 +72,6 @@ def nv12_roundtrip(image: np.ndarray, color: str = "bgr") -> np.ndarray:
 
 class _Progress:
     """``[diagnose k/n] what (elapsed, ETA)`` lines; ETA from the mean time of the steps so far."""
-
     def __init__(self, log: Log, total: int) -> None:
         self.log, self.total, self.done, self.start = log, total, 0, time.perf_counter()
 
@@ -77,13 +85,9 @@ class _Progress:
 @dataclass
 class _Runner:
     """Runs models over image subsets and scores them on the matching eval subset."""
-
     project: Any
 
     def outputs(self, model: bytes, images: np.ndarray, level: str | None = None):
-        from autoq.runtime.runner import run_model
-        from autoq.runtime.session import create_session
-
         settings = self.project.session_settings
         if level:
             settings = replace(settings, graph_optimization=level)
@@ -91,8 +95,6 @@ class _Runner:
         return run_model(session, images, self.project.preprocess, batch_size=settings.batch_size, settings=settings)
 
     def score(self, es, outputs, reference):
-        from autoq.objectives.metrics import MetricContext
-
         context = MetricContext(es, adapter=lambda: self.project.adapter, reference=reference, memo={})
         return self.project.metric(outputs, context)
 
@@ -115,11 +117,6 @@ def run_diagnose(
     log: Log = print,
 ) -> tuple[Path, Path]:
     """Runs the checklist (module doc) and writes ``out`` (HTML) and ``out.md``; returns both paths."""
-    from autoq.data.coco import load_calibration, subset_eval_set
-    from autoq.objectives.similarity import MEASURES, mean_cosine, similarity_per_output
-    from autoq.plan import Calibration, Precision, QuantConfig
-    from autoq.quant.ranges import DEFAULT_PERCENTILE
-
     t0 = time.perf_counter()
     r = _Runner(project)
     cfg = project.config
@@ -196,8 +193,6 @@ def run_diagnose(
         prog.step(f"{label} in {fallback.value}: {metric_name} {100 * m.value:.2f}")
 
     # 5. calibration vs evaluation statistics ----------------------------------------------------
-    from autoq.data.preprocess import to_input
-    from autoq.quant.calibrate import collect_stats
 
     calib_images, _ = load_calibration(cfg.data.calib_images, cfg.data.calib_count, project.input_size, project.preprocess)
     cm, cs = _channel_stats(calib_images)

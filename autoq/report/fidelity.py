@@ -17,6 +17,11 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from autoq.results.store import load_study
+from autoq.results.trials import get_trial
+from autoq.runtime.session import create_session
+from autoq.trial_record import trial_config
+
 if TYPE_CHECKING:
     from autoq.pipeline import Project
     from autoq.plan import QuantConfig
@@ -40,7 +45,6 @@ def check_fidelity(project: Project, config: QuantConfig) -> FidelityResult:
     """Builds ``config``'s QDQ model once and scores it with graph optimizations off and on."""
     from dataclasses import replace
 
-    from autoq.runtime.session import create_session
 
     data = project.build(config).SerializeToString()
     base = project.session_settings
@@ -63,9 +67,6 @@ def check_fidelity(project: Project, config: QuantConfig) -> FidelityResult:
 def fidelity_report(project: Project, trial_number: int) -> str:
     """`check_fidelity` of a completed trial of the project's study, as a few lines of text
     (what ``autoq check-fidelity --trial N`` prints)."""
-    from autoq.results.store import load_study
-    from autoq.results.trials import get_trial
-    from autoq.trial_record import trial_config
 
     config = trial_config(get_trial(load_study(project), trial_number))
     r = check_fidelity(project, config)

@@ -14,6 +14,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from autoq.results.front import front_trials
+
 __all__ = ["TrialPoint", "pareto_html", "pareto_png", "pareto_svg", "trial_points"]
 
 
@@ -30,7 +32,6 @@ def trial_points(study, project=None) -> list[TrialPoint]:
     """Every completed trial of ``study`` with its front membership (`autoq.search.study.front_trials`)."""
     from optuna.trial import TrialState
 
-    from autoq.results.front import front_trials
 
     front = {t.number for t in front_trials(study, project)}
     out = []

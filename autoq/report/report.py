@@ -15,7 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from autoq.errors import SearchError
 from autoq.report.doc import Doc
+from autoq.report.plots import pareto_png, trial_points
+from autoq.results.front import front_trials, pareto_rows
+from autoq.results.store import load_study, make_tracker
+from autoq.results.trials import get_trial
+from autoq.trial_record import RUN_ATTR, trial_config
 
 if TYPE_CHECKING:
     from autoq.pipeline import Project
@@ -25,9 +31,6 @@ __all__ = ["default_trial", "write_report"]
 
 def default_trial(study) -> int:
     """The front member with the lowest drop (then the lowest latency)."""
-    from autoq.errors import SearchError
-    from autoq.results.front import front_trials
-
     front = front_trials(study)
     if not front:
         raise SearchError(f"study {study.study_name!r} has no completed trials yet; run `autoq search` first")
@@ -38,8 +41,6 @@ def _trial_per_class_ap(project: Project, t, config, log) -> dict[str, float]:
     """The trial's per-class AP: its MLflow artifact when there, else one evaluation."""
     import os
 
-    from autoq.results.store import make_tracker
-    from autoq.trial_record import RUN_ATTR
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     run_id = t.user_attrs.get(RUN_ATTR)
@@ -58,12 +59,6 @@ def _trial_per_class_ap(project: Project, t, config, log) -> dict[str, float]:
 
 def write_report(project: Project, out: Path, *, trial: int | None = None, log: Callable[[str], None] = print):
     """Writes ``out`` (HTML) and ``out.md``; returns both paths."""
-    from autoq.report.plots import pareto_png, trial_points
-    from autoq.results.front import pareto_rows
-    from autoq.results.store import load_study
-    from autoq.results.trials import get_trial
-    from autoq.trial_record import trial_config
-
     study = load_study(project)
     number = default_trial(study) if trial is None else trial
     t = get_trial(study, number)

@@ -35,6 +35,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from autoq.data.coco import subset_eval_set
+from autoq.objectives.metrics import MetricContext, drop
+from autoq.objectives.similarity import per_image_cosine, stack_images
+from autoq.pipeline import calibration_files
+from autoq.plan import Calibration, Precision, QuantConfig
+from autoq.runtime.runner import run_model
+from autoq.runtime.session import create_session
+
 if TYPE_CHECKING:
     from autoq.pipeline import Project
     from autoq.plan import Calibration, Precision
@@ -115,8 +123,6 @@ def _images_in(outputs) -> int:
 
 def output_error(reference, outputs) -> tuple[float, float]:
     """(mean cosine, SQNR in dB) of raw ``outputs`` vs ``reference`` over all outputs and images."""
-    from autoq.objectives.similarity import per_image_cosine, stack_images
-
     n = _images_in(reference)
     cos, sig, noise = [], 0.0, 0.0
     for r, o in zip(stack_images(reference, n), stack_images(outputs, n)):
@@ -133,14 +139,10 @@ def output_error(reference, outputs) -> tuple[float, float]:
 
 class _Runner:
     """Builds configs and runs them over a fixed image batch (ORT settings of the project)."""
-
     def __init__(self, project: Project, images: np.ndarray) -> None:
         self.project, self.images = project, images
 
     def outputs(self, config=None):
-        from autoq.runtime.runner import run_model
-        from autoq.runtime.session import create_session
-
         p = self.project
         data = p.model.serialized() if config is None else p.build(config).SerializeToString()
         settings = p.session_settings
@@ -162,7 +164,6 @@ def sweep(
 ) -> list[tuple[float, float]]:
     """Each unit alone in ``probe`` over an all-``base`` model: [(output cosine, SQNR dB)] in unit order
     (nan for a unit whose build or run fails; the sweep goes on). ``reference``: float outputs on ``images``."""
-    from autoq.plan import QuantConfig
 
     r = _Runner(project, images)
     ref = r.outputs() if reference is None else reference
@@ -193,7 +194,6 @@ class UnitScore:
 @dataclass(frozen=True)
 class Sensitivity:
     """The sweep's result, units ranked most damaging first."""
-
     key: str
     base: str  # precision of every other unit ("int8")
     probe: str  # precision of the probed unit ("int16", or "float" when the target has no int16)
@@ -225,8 +225,6 @@ class Sensitivity:
 
 def default_calibration(project: Project) -> Calibration:
     """The calibration the seeds use: per-channel weights when allowed, the first range method."""
-    from autoq.plan import Calibration
-
     s = project.config.space
     gran = "per_channel" if "per_channel" in s.granularities else s.granularities[0]
     method = s.methods[0]
@@ -234,8 +232,6 @@ def default_calibration(project: Project) -> Calibration:
 
 
 def _stats_key(project: Project) -> str:
-    from autoq.pipeline import calibration_files
-
     d = project.config.data
     return "|".join([str(d.calib_count), *calibration_files(d.calib_images, d.calib_count)])
 
@@ -249,10 +245,6 @@ def run_sensitivity(
     log: Log = print,
 ) -> Sensitivity:
     """The ranked sensitivity of ``project``'s units (module doc); cached on disk unless ``force``."""
-    from autoq.data.coco import subset_eval_set
-    from autoq.objectives.metrics import MetricContext, drop
-    from autoq.plan import Precision, QuantConfig
-
     cfg = project.config
     n = images or cfg.search.sensitivity_images
     es = subset_eval_set(project.eval_set, max(1, n))

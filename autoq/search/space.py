@@ -23,7 +23,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from autoq.model.resolution import format_resolution, parse_resolution
 from autoq.plan import Calibration, Precision, QuantConfig
+from autoq.quant.ranges import DEFAULT_PERCENTILE
 
 NODE_PREFIX = "node:"
 UNIT_PREFIX = "unit:"
@@ -72,7 +74,6 @@ def _suggest(
     precision parameters and returns ``{node: precision}``."""
     resolution = None
     if resolutions:
-        from autoq.model.resolution import parse_resolution
 
         resolution = parse_resolution(trial.suggest_categorical(RESOLUTION, list(resolutions)))
     variant = str(trial.suggest_categorical(VARIANT, list(variants))) if variants else ""
@@ -99,7 +100,6 @@ def params_of(
     """
     params: dict[str, Any] = {NODE_PREFIX + n: config.precision_of(n).value for n in node_names}
     if resolutions and config.resolution is not None:
-        from autoq.model.resolution import format_resolution
 
         params[RESOLUTION] = format_resolution(config.resolution)
     if variants and config.variant in variants:
@@ -107,7 +107,6 @@ def params_of(
     params[GRANULARITY] = config.calibration.granularity
     params[METHOD] = config.calibration.method
     if config.calibration.method == "percentile":
-        from autoq.quant.ranges import DEFAULT_PERCENTILE
 
         p = config.calibration.percentile
         params[PERCENTILE] = float(DEFAULT_PERCENTILE if p is None else p)
@@ -117,7 +116,6 @@ def params_of(
 @dataclass(frozen=True)
 class SpaceLayout:
     """How node precisions map onto trial parameters: ``params`` = ((parameter name, member nodes), ...)."""
-
     kind: str  # "per_node" | "grouped"
     params: tuple[tuple[str, tuple[str, ...]], ...]
 

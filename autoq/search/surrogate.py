@@ -25,6 +25,7 @@ import numpy as np
 
 from autoq.plan import Calibration, Precision, QuantConfig
 from autoq.search.space import GRANULARITY, METHOD, PERCENTILE, SpaceLayout
+from autoq.surrogates.cost_model import estimate_latency
 
 __all__ = ["DropModel", "KnapsackItem", "knapsack", "knapsack_items"]
 
@@ -32,7 +33,6 @@ __all__ = ["DropModel", "KnapsackItem", "knapsack", "knapsack_items"]
 @dataclass
 class DropModel:
     """Linear drop predictor over (parameter, precision) indicators and calibration one-hots."""
-
     layout: SpaceLayout
     prior: dict[tuple[str, str], float]  # (param, precision) -> drop term (0..1 scale)
     extra: tuple[tuple[str, str], ...] = ()  # (calibration param, value) features, prior 0
@@ -120,7 +120,6 @@ def knapsack_items(model: DropModel, nodes, target, precisions: Sequence[Precisi
 
     Returns (items, all-int8 latency). Precisions the cost model refuses for a parameter are left out.
     """
-    from autoq.surrogates.cost_model import estimate_latency
 
     base_cfg = QuantConfig.uniform(Precision.INT8, calibration=calibration)
     base = estimate_latency(nodes, base_cfg, target).total_ms

@@ -4,18 +4,8 @@
 shapes) and a data-driven target description (``targets/*.yaml``), so the search can trade
 accuracy against speed without a board in the loop. ``profiles`` parses on-device profiler
 outputs (Horizon hrt_model_exec, RKNN eval_perf, ONNX Runtime), ``fit`` fits a target's numbers to
-measurements (``autoq cost-model fit``, see ``cli``), and ``measure`` times a QDQ model in ONNX
+measurements (``autoq cost-model fit``, see `autoq.app.cost_model`), and ``measure`` times a QDQ model in ONNX
 Runtime for the ``ort-cpu`` target's measured mode. The model itself stays a small, explainable roofline.
 """
 
 from __future__ import annotations
-
-__all__ = ["LatencyEstimate", "TARGETS", "Target", "estimate_latency", "load_target"]
-
-
-def __getattr__(name: str):  # lazy re-export keeps `import autoq.surrogates` free of YAML parsing
-    if name in __all__:
-        from autoq.surrogates import cost_model
-
-        return getattr(cost_model, name)
-    raise AttributeError(f"module 'autoq.surrogates' has no attribute {name!r}")

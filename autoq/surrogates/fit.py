@@ -32,8 +32,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autoq.errors import ConfigError
 from autoq.plan import Precision, QuantConfig
-from autoq.surrogates.cost_model import _ACT_WIDTH, _F32, Target, estimate_latency, plan_placement, target_from_dict
+from autoq.surrogates.cost_model import (
+    _ACT_WIDTH,
+    _F32,
+    Target,
+    estimate_latency,
+    plan_placement,
+    target_from_dict,
+)
+from autoq.surrogates.profiles import parse_profile
 
 if TYPE_CHECKING:
     import numpy as np
@@ -50,7 +59,6 @@ _ZERO_UNIT_MS = 0.01
 @dataclass(frozen=True)
 class Measurement:
     """One measured latency: the config, the node table it ran at, and ms (total and/or per node)."""
-
     config: QuantConfig
     nodes: Sequence[NodeInfo]
     ms: float | None = None
@@ -61,7 +69,6 @@ class Measurement:
 @dataclass
 class FitResult:
     """The fitted target and how well it predicts the held-out measurements."""
-
     target: Target
     multipliers: dict[str, float]
     mape_before: float
@@ -378,8 +385,6 @@ def load_measurements(
     """
     import csv
 
-    from autoq.errors import ConfigError
-    from autoq.surrogates.profiles import parse_profile
 
     path = Path(path)
     if not path.is_file():
@@ -426,7 +431,6 @@ def _read_config(path: Path, where: str) -> QuantConfig:
 
     import yaml
 
-    from autoq.errors import ConfigError
 
     try:
         text = path.read_text(encoding="utf-8")

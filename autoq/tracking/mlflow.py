@@ -168,5 +168,13 @@ class Tracker:
             self.client.log_text(parent_id, text, name)
         self.client.set_terminated(parent_id, status="FINISHED")
 
+    def log_to_run(self, run_id: str, *, metrics: Mapping[str, float], tags: Mapping[str, str] = {}) -> None:
+        """Adds metrics and tags to a finished run (e.g. `autoq verify`'s toolchain results)."""
+        from mlflow.entities import Metric, RunTag
+
+        ts = self._now()
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],
+                              tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
     def log_artifact(self, run_id: str, path: Path) -> None:
         self.client.log_artifact(run_id, str(path))
