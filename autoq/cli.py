@@ -54,7 +54,6 @@ def _positive_float(text: str) -> float:
 def _project(args: argparse.Namespace, log=_log):
     import dataclasses
 
-
     cfg = load_config(args.config)
     overrides = {k: getattr(args, k, None) for k in ("storage", "study_name")}
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -100,7 +99,6 @@ def cmd_search(args: argparse.Namespace) -> int:
 def _run_workers(project, args: argparse.Namespace):
     """Prepares the study here, then runs ``--workers`` `autoq worker` processes on it."""
     import subprocess
-
 
     cfg = project.config
     prepared = prepare_study(project, seed=args.seed, log=_log)
@@ -279,7 +277,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="recompute even when cached")
     p.add_argument("-o", "--output", default="sensitivity.csv", help="CSV file (ranked bar chart PNG written next to it)")
     p.set_defaults(func=cmd_sensitivity)
-
 
     add_cost_model_parser(sub)
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from autoq.adapters import bind_output_names, load_adapter
+from autoq.cache import content_key, read_json, write_json
 from autoq.config import ProjectConfig
 from autoq.data.coco import (
     IMAGE_EXTENSIONS,
@@ -58,10 +59,6 @@ class Baseline:
     map: float
     map50: float
     per_class_ap: dict[str, float]
-
-
-def _sha(*parts: str) -> str:
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 class Project:
@@ -240,8 +237,7 @@ class Project:
 
         import onnxruntime
 
-
-        key = _sha(self.model.sha256, str(self.input_size), str(os.cpu_count()), onnxruntime.__version__)
+        key = content_key(self.model.sha256, str(self.input_size), str(os.cpu_count()), onnxruntime.__version__)
         return tune_session(
             self.model.serialized(), self.eval_set.images[:8], self.preprocess, cache_dir=self.cache_dir, key=key, log=self.log
         )
@@ -250,7 +246,7 @@ class Project:
     def baseline(self) -> Baseline:
         """Float mAP of the original model, computed once and cached on disk."""
         es = self.eval_set
-        key = _sha(
+        key = content_key(
             self.model.sha256,
             self._preprocess_key(),
             json.dumps(dict(self.config.model.adapter_options), sort_keys=True, default=str),
@@ -260,15 +256,14 @@ class Project:
             *es.files,
         )
         path = self.cache_dir / f"baseline-{key}.json"
-        if path.is_file():
-            data = json.loads(path.read_text())
+        data = read_json(path)
+        if isinstance(data, dict) and {"map", "map50", "per_class_ap"} <= set(data):
             return Baseline(data["map"], data["map50"], data["per_class_ap"])
         t = time.perf_counter()
         outputs = self.outputs(self.model.serialized())
         metrics = self.score(outputs, reference=outputs)
         base = Baseline(metrics.value, metrics.map50, dict(metrics.per_class_ap))
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(base.__dict__, indent=1))
+        write_json(path, base.__dict__)
         self.log(
             f"float baseline: {self.metric.name} {base.map:.4f} (AP50 {base.map50:.4f}) in {time.perf_counter() - t:.1f}s"
         )
@@ -375,7 +370,6 @@ class Project:
         if mode == "measured" and proto is not None:
             import dataclasses
 
-
             shape = None  # the proto's declared input shape; symbolic H/W need the trial's resolution
             if config.resolution is not None:
                 shape = (1, 3, *config.resolution)
@@ -436,7 +430,6 @@ class Project:
             similarity=dict(metrics.extra),
             output_cosine=cosine,
         )
-
 
     def subset(self, images: int) -> Project:
         """This project on its first ``images`` eval images (own float baseline on them; kept for the

@@ -21,7 +21,7 @@ from autoq.pipeline import Project
 from autoq.plan import QuantConfig
 from autoq.results.store import load_study
 from autoq.surrogates.cost_model import estimate_latency, load_target
-from autoq.surrogates.fit import _read_config, fit_target, load_measurements
+from autoq.surrogates.fit import fit_target, load_measurements, read_config
 from autoq.trial_record import trial_config
 
 __all__ = ["add_cost_model_parser", "cmd_cost_model_breakdown", "cmd_cost_model_fit"]
@@ -108,7 +108,7 @@ def cmd_cost_model_fit(args: argparse.Namespace) -> int:
 def cmd_cost_model_breakdown(args: argparse.Namespace) -> int:
     target = load_target(args.target, key="--target")
     model, _ = _model_and_study(args)
-    cfg = _read_config(Path(args.quant), "--quant") if args.quant else QuantConfig.uniform("int8")
+    cfg = read_config(Path(args.quant), "--quant") if args.quant else QuantConfig.uniform("int8")
     est = estimate_latency(_nodes_at(model)(cfg.resolution), cfg, target)
     if args.segments:
         for i, (dev, count, ms) in enumerate(est.segments):

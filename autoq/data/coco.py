@@ -75,7 +75,7 @@ class EvalSet:
         return int(self.images.shape[1]), int(self.images.shape[2])
 
 
-def _quiet_coco(dataset: dict[str, Any]) -> COCO:
+def quiet_coco(dataset: dict[str, Any]) -> COCO:
     from pycocotools.coco import COCO
 
     coco = COCO()
@@ -198,7 +198,7 @@ def load_eval_set(
     return EvalSet(
         images=np.stack([r[0] for _, r in ok]),
         metas=tuple(r[1] for _, r in ok),
-        coco=_quiet_coco(dataset),
+        coco=quiet_coco(dataset),
         category_ids=tuple(c["id"] for c in categories),
         class_names=tuple(c["name"] for c in categories),
         files=tuple(entry["file_name"] for entry, _ in ok),

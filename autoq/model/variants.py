@@ -11,11 +11,11 @@ size, then the rewrites are applied and checked. The result is written once to
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autoq.cache import content_key, read_json, write_atomic, write_json
 from autoq.model.graph import load_model
 from autoq.model.resolution import at_resolution, format_resolution, static_input_size
 from autoq.model.rewrites import apply_rewrites, get_rewrite, rewrite_set
@@ -52,8 +52,6 @@ def build_variant_file(
     log: Callable[[str], None] = lambda _m: None,
 ) -> tuple[Path, list[dict[str, Any]]]:
     """Writes (once) the variant's ONNX and returns its path and the rewrite reports (dicts)."""
-    import onnx
-
 
     kind = variant_kind(variant, user_variants)
     names: list[str] = []
@@ -67,11 +65,12 @@ def build_variant_file(
         names = rewrite_set(variant)
         for n in names:
             get_rewrite(n, key="space.rewrites")  # unknown names fail before any work
-    key = hashlib.sha256(json.dumps([VARIANT_FORMAT, base_sha, list(size), names]).encode()).hexdigest()[:16]
+    key = content_key(VARIANT_FORMAT, base_sha, list(size), names)
     out = Path(cache_dir) / "variants" / f"model-{key}.onnx"
     meta = out.with_suffix(".json")
-    if out.is_file() and meta.is_file():
-        return out, json.loads(meta.read_text())["rewrites"]
+    cached = read_json(meta)
+    if out.is_file() and isinstance(cached, dict) and "rewrites" in cached:
+        return out, cached["rewrites"]
     proto = load_model(base_path).proto
     where = f"variant {variant or 'original'} at {format_resolution(size)}"
     if static_input_size(proto) != tuple(size):
@@ -83,10 +82,7 @@ def build_variant_file(
         for r in reps:
             how = "exact" if r.exact else "approximation"
             log(f"{where}: rewrite {r.name} replaced {r.matches} place(s) ({how}, max output error {r.max_error:.3g})")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    onnx.save(proto, str(tmp))
-    tmp.replace(out)
-    meta.write_text(json.dumps({"variant": variant, "size": list(size), "base": str(base_path), "rewrites": reports}, indent=1))
+    write_atomic(out, proto.SerializeToString())
+    write_json(meta, {"variant": variant, "size": list(size), "base": str(base_path), "rewrites": reports})
     return out, reports
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from autoq.adapters import bind_input_size
 from autoq.adapters.base import Adapter, Detections, ImageMeta
-from autoq.data.coco import _quiet_coco
+from autoq.data.coco import quiet_coco
 from autoq.data.preprocess import Preprocess
 from autoq.runtime.runner import run_model
 
@@ -248,7 +248,6 @@ def pseudo_ground_truth(
     """
     from dataclasses import replace
 
-
     if len(detections) != len(eval_set.metas):
         raise ValueError(f"{len(detections)} detections for {len(eval_set.metas)} images")
     k = num_classes or 1 + max((int(d.labels.max()) for d in detections if len(d)), default=0)
@@ -273,7 +272,7 @@ def pseudo_ground_truth(
                 }
             )
     categories = [{"id": c + 1, "name": str(c)} for c in range(k)]
-    coco = _quiet_coco({"info": {}, "licenses": [], "images": images, "annotations": anns, "categories": categories})
+    coco = quiet_coco({"info": {}, "licenses": [], "images": images, "annotations": anns, "categories": categories})
     return replace(
         eval_set,
         coco=coco,

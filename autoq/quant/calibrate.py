@@ -27,10 +27,7 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import io
-import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -39,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from autoq.cache import content_key, write_atomic
 from autoq.errors import DataError
 
 if TYPE_CHECKING:
@@ -114,15 +112,7 @@ class ActivationStats:
         }
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(buffer.getvalue())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: Path) -> ActivationStats:
@@ -154,8 +144,7 @@ def stats_key(model_sha: str, *parts: str) -> str:
     Pass the preprocessing/resolution description and the calibration file list as ``parts``.
     The statistics format and histogram size are part of the key.
     """
-    joined = "\x00".join((model_sha, f"stats-v{STATS_FORMAT}-bins{HIST_BINS}", *(str(p) for p in parts)))
-    return hashlib.sha256(joined.encode("utf-8")).hexdigest()[:16]
+    return content_key(model_sha, f"stats-v{STATS_FORMAT}-bins{HIST_BINS}", *(str(p) for p in parts))
 
 
 def collect_stats(

@@ -68,7 +68,6 @@ def build_qdq(
     )
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 
-
     quantizable = model.quantizable()
     _check_config_nodes(model, config)
     precision = {n.name: config.precision_of(n.name) for n in quantizable}

@@ -45,7 +45,6 @@ def check_fidelity(project: Project, config: QuantConfig) -> FidelityResult:
     """Builds ``config``'s QDQ model once and scores it with graph optimizations off and on."""
     from dataclasses import replace
 
-
     data = project.build(config).SerializeToString()
     base = project.session_settings
     scores: dict[str, float] = {}

@@ -32,7 +32,6 @@ def trial_points(study, project=None) -> list[TrialPoint]:
     """Every completed trial of ``study`` with its front membership (`autoq.search.study.front_trials`)."""
     from optuna.trial import TrialState
 
-
     front = {t.number for t in front_trials(study, project)}
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):

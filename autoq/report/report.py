@@ -41,7 +41,6 @@ def _trial_per_class_ap(project: Project, t, config, log) -> dict[str, float]:
     """The trial's per-class AP: its MLflow artifact when there, else one evaluation."""
     import os
 
-
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     run_id = t.user_attrs.get(RUN_ATTR)
     if run_id:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from autoq.cache import read_json, write_json
 from autoq.runtime.runner import run_model
 from autoq.runtime.session import SessionSettings, create_session, usable_cores
 
@@ -52,13 +52,12 @@ def tune_session(
     import onnxruntime as ort
 
     path = Path(cache_dir) / f"session-{key}.json" if cache_dir is not None else None
-    if path is not None and path.is_file():
+    data = read_json(path) if path is not None else None
+    if isinstance(data, dict) and data.get("format") == _FORMAT:
         try:
-            data = json.loads(path.read_text())
-            if data.get("format") == _FORMAT:
-                return SessionSettings(**data["best"])
-        except Exception:
-            pass  # unreadable: measure again
+            return SessionSettings(**data["best"])
+        except (TypeError, ValueError):
+            pass  # another version's fields: measure again
     probe = create_session(model)
     shape = probe.get_inputs()[0].shape
     symbolic = bool(shape) and not (isinstance(shape[0], int) and shape[0] > 0)
@@ -88,10 +87,7 @@ def tune_session(
             "onnxruntime": ort.__version__,
             "cpu_count": os.cpu_count(),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, path)
+        write_json(path, record)
     return winner
 
 

@@ -68,7 +68,6 @@ def _layout_for(project: Project, study, sens, log: Log) -> SpaceLayout:
 
 
 def _calibration_choices(project: Project) -> dict[str, list]:
-
     s = project.config.space
     return {GRANULARITY: list(s.granularities), METHOD: list(s.methods)}
 

@@ -61,7 +61,6 @@ def enqueue_next_candidate(project: Project, study, ctx: SearchContext) -> None:
     import numpy as np
     from optuna.trial import TrialState
 
-
     ctx.items, _ = knapsack_items(ctx.model, project.model.nodes, project.target, project.allowed_precisions(),
                                   ctx.calibration)
     tried = set()

@@ -24,8 +24,6 @@ precisions. Logged to the parent MLflow run (`sensitivity_artifacts`) (``sensiti
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from autoq.cache import content_key, read_json, write_json
 from autoq.data.coco import subset_eval_set
 from autoq.objectives.metrics import MetricContext, drop
 from autoq.objectives.similarity import per_image_cosine, stack_images
@@ -257,16 +256,17 @@ def run_sensitivity(
     probe = Precision.INT16 if Precision.INT16 in allowed else Precision.FLOAT
     cal = default_calibration(project)
     units = node_units(project)
-    key = hashlib.sha256(json.dumps([
+    key = content_key(
         VERSION, project.model.sha256, _stats_key(project), cal.granularity, cal.method, cal.percentile,
         list(es_anchor.files), n, base.value, probe.value, units, project.config.objective.metric,
-    ], default=str).encode()).hexdigest()[:16]
+    )
     path = project.cache_dir / f"sensitivity-{key}.json"
-    if path.is_file() and not force:
+    cached = None if force else read_json(path)
+    if cached is not None:
         try:
-            return Sensitivity.from_dict(json.loads(path.read_text()))
+            return Sensitivity.from_dict(cached)
         except Exception:
-            pass  # an old or broken file: recompute
+            pass  # an old format: recompute
     t0 = time.perf_counter()
     _ = project.stats
     log(f"sensitivity: {len(units)} units ({len(project.quantizable_names)} nodes) on {n} images, "
@@ -309,8 +309,7 @@ def run_sensitivity(
     sens = Sensitivity(key=key, base=base.value, probe=probe.value, images=n, anchor_images=n_anchor,
                        base_cosine=base_cos, probe_cosine=probe_cos, int8_drop=float(int8_drop),
                        probe_drop=float(probe_drop), seconds=time.perf_counter() - t0, units=tuple(unit_scores))
-    project.cache_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(sens.to_dict(), indent=1))
+    write_json(path, sens.to_dict())
     top = ", ".join(f"{u.unit} ({u.damage:.2e})" for u in sens.ranked()[:3])
     log(f"sensitivity: done in {sens.seconds:.0f}s; most sensitive: {top}; all-int8 drop {100 * int8_drop:.2f} pt, "
         f"all-{probe.value} {100 * probe_drop:.2f} pt on {n_anchor} images ({path.name})")

@@ -385,7 +385,6 @@ def load_measurements(
     """
     import csv
 
-
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"measurements file {path} does not exist")
@@ -404,7 +403,7 @@ def load_measurements(
         for line, row in enumerate(reader, start=2):
             where = f"{path}:{line}"
             if (row.get("config") or "").strip():
-                cfg = _read_config(path.parent / row["config"].strip(), where)
+                cfg = read_config(path.parent / row["config"].strip(), where)
                 label = row["config"].strip()
             elif (row.get("trial") or "").strip():
                 if config_for_trial is None:
@@ -426,11 +425,10 @@ def load_measurements(
     return out
 
 
-def _read_config(path: Path, where: str) -> QuantConfig:
+def read_config(path: Path, where: str) -> QuantConfig:
     import json
 
     import yaml
-
 
     try:
         text = path.read_text(encoding="utf-8")
