@@ -251,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--pareto", action="store_true", help="every Pareto-front trial")
     p.add_argument("--toolchain", default="rknn", choices=sorted(TOOLCHAINS), help="vendor toolchain (default rknn)")
     p.add_argument("--python", help="the toolchain environment's python (default: toolchains.<name>.python)")
+    storage_options(p)
     p.set_defaults(func=cmd_verify)
 
     p = with_config(sub.add_parser("check-fidelity", help="a trial's mAP with fake-quant vs integer kernels"))

@@ -7,6 +7,7 @@ unknown key, a wrong type or a missing required value is reported the same way e
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from collections.abc import Mapping
@@ -131,7 +132,10 @@ class ToolchainsSection:
     def python(self, name: str, root: Path) -> Path | None:
         """The interpreter configured for toolchain ``name`` (relative to the config's folder)."""
         value = dict(getattr(self, name, {}) or {}).get("python")
-        return None if value is None else _abs(root, value)
+        if value is None:
+            return None
+        p = Path(str(value)).expanduser()  # not resolved: a venv's bin/python is a symlink out of the venv
+        return p if p.is_absolute() else Path(os.path.abspath(root / p))
 
 
 @dataclass(frozen=True)

@@ -445,7 +445,8 @@ class SubsetState(Project):
     def __init__(self, parent: Project, images: int) -> None:
         super().__init__(parent.config, log=parent.log)
         self.parent = parent
-        for name in ("model", "input_size", "preprocess", "adapter", "metric", "target", "stats", "session_settings"):
+        for name in ("model", "input_size", "preprocess", "adapter", "metric", "target", "stats", "session_settings",
+                     "weight_memo"):
             self.__dict__[name] = getattr(parent, name)
         self.__dict__["eval_set"] = subset_eval_set(parent.eval_set, images)
         self.__dict__["quantizable_names"] = parent.quantizable_names

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tiny_project import make_tiny_project
+
 from autoq.cache import content_key, read_json, write_atomic, write_json
 from autoq.config import load_config
 from autoq.pipeline import Project
-from tiny_project import make_tiny_project
 
 
 def test_keys_follow_content_and_order():

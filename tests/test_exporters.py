@@ -283,11 +283,15 @@ def test_rknn_golden_and_round_trip(tmp_path: Path) -> None:
 
     model_path = tmp_path / "m.onnx"
     onnx.save(_tiny_onnx(), model_path)
-    ctx = dataclasses.replace(make_ctx(MIXED), model_path=model_path)
+    import numpy as np
+
+    ctx = dataclasses.replace(make_ctx(MIXED), model_path=model_path,
+                              calib_images=lambda: np.zeros((2, 4, 4, 3), np.uint8))
     files = export_config(ctx, "rknn", tmp_path / "r")
     path = files[0]
     assert path.name == "yolox-nano_trial17.quantization.cfg"
-    assert {f.name for f in files} == {path.name, "model.onnx", "rknn_bundle.json", "build_rknn.py", "dataset.txt"}
+    assert {f.name for f in files} == {path.name, "model.onnx", "rknn_bundle.json", "build_rknn.py", "dataset.txt",
+                                       "0000.npy", "0001.npy"}
     text = path.read_text()
     assert text.startswith("# RKNN-Toolkit2 hybrid quantization cfg written by autoq")
     assert "no RKNN equivalent; normal (min/max) is the nearest" in text  # percentile

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -86,9 +87,24 @@ def test_bundle_keys_are_tensors_step1_names(demo_model, tmp_path):
     # ops autoq does not quantize (Reshape, Transpose, RKNN's X_rs) follow their input's precision
     int16_tail = QuantConfig(default="int8", nodes={n.name: "int16" for n in demo_model.quantizable()
                                                     if n.name.startswith("/Concat_")})
-    [cfg, *_] = export_config(_ctx(demo_model, path, int16_tail), "rknn", tmp_path / "tail")
+    [cfg, *_] = export_config(_ctx(demo_model, path, int16_tail, calib=1), "rknn", tmp_path / "tail")
     tail_layers, _ = read_rknn(cfg)
     assert tail_layers.get("/Concat_10_output_0_rs") is Precision.INT16, sorted(tail_layers)
+
+
+def test_bundle_needs_calibration_images_and_a_folder(demo_model, tmp_path):
+    from autoq.errors import ExportError
+
+    path = tmp_path / "m.onnx"
+    path.write_bytes(demo_model.serialized())
+    with pytest.raises(ExportError, match="calibration images"):
+        export_config(_ctx(demo_model, path, QuantConfig.uniform("int8")), "rknn", tmp_path / "a")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ExportError, match="bundle folder"):
+        export_config(_ctx(demo_model, path, QuantConfig.uniform("int8"), calib=1), "rknn", tmp_path / "file")
+    files = export_config(_ctx(demo_model, path, QuantConfig.uniform("float")), "rknn", tmp_path / "f")
+    assert json.loads((tmp_path / "f" / "rknn_bundle.json").read_text())["do_quantization"] is False
+    assert read_rknn(files[0])[0] == {}  # an all-float trial is a plain float16 build
 
 
 def test_rk3588_fuses_conv_and_silu_only_when_the_unit_has_one_precision(demo_model):
@@ -146,7 +162,7 @@ def test_verify_all_int8_demo_trial_with_rknn(tmp_path):
     config.write_text(text + f"toolchains:\n  rknn: {{python: {RKNN_PYTHON}}}\n")
     assert main(["search", "-c", str(config), "--budget", "2"]) == 0
     env = {k: v for k, v in os.environ.items() if k != "AUTOQ_RKNN_PYTHON"}  # the config names it
-    run = subprocess.run(["python", "-m", "autoq", "verify", "-c", str(config), "--trial", "0"],
+    run = subprocess.run([sys.executable, "-m", "autoq", "verify", "-c", str(config), "--trial", "0"],
                          capture_output=True, text=True, env=env, timeout=900)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     last = run.stdout.strip().splitlines()[-1]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from autoq.cache import content_key
 from autoq.errors import ConfigError, SearchError, ToolchainError
 from autoq.export import export_config
 from autoq.export.run import trial_context
@@ -115,7 +117,9 @@ def verify(
         trials = [get_trial(study, trial)]
     else:
         raise ConfigError("autoq verify needs --trial N (see `autoq pareto`) or --pareto")
-    tracker = make_tracker(project)
+    if not project.target.name.startswith(("rk", "rv")) and chain.format == "rknn":
+        log(f"warning: the study's target is {project.target.name}, not a Rockchip chip: its predictions did not "
+            "simulate RKNN's fusions (target.name: rk3588)")
     results = []
     for i, t in enumerate(trials, 1):
         log(f"verify {i}/{len(trials)}: trial {t.number} with {chain.describe}")
@@ -123,7 +127,7 @@ def verify(
         run_id = t.user_attrs.get(RUN_ATTR)
         if run_id:
             try:
-                tracker.log_to_run(
+                make_tracker(project).log_to_run(
                     run_id,
                     metrics={"toolchain_map": r.toolchain_map, "toolchain_map50": r.toolchain_map50,
                              "toolchain_map_drop": r.toolchain_map_drop, "toolchain_delta_pt": r.delta_pt},
@@ -146,21 +150,26 @@ def _verify_trial(project: Project, study, t, chain: Toolchain, exe: Path, log: 
     start = time.perf_counter()
     config = trial_config(t)
     state = project.variant(config.resolution, config.variant)
-    work = project.config.ensure_work_dir() / "verify" / chain.format / f"trial_{t.number}"
+    work = project.config.ensure_work_dir() / "verify" / chain.format / f"trial_{t.number}"  # one verify at a time
     if work.exists():
         shutil.rmtree(work)
     bundle = work / "bundle"
     export_config(trial_context(project, study, t), chain.format, bundle)
-    inputs = _eval_inputs(state, project.config.ensure_work_dir() / "cache")
+    inputs = _eval_inputs(state, project.cache_dir)
     outputs = work / "outputs"
     _run(exe, [str(bundle / chain.script), "--simulate", str(inputs), "--outputs", str(outputs)], log)
     n_out = len(state.model.output_names)
     count = len(state.eval_set.metas)
     try:
         batches = [[np.load(outputs / f"{k}_{j}.npy") for j in range(n_out)] for k in range(count)]
-    except OSError as exc:
-        raise ToolchainError(f"{chain.describe} wrote no outputs for every image in {outputs}: {exc}") from None
-    metrics = state.score(batches)
+    except (OSError, ValueError) as exc:
+        raise ToolchainError(f"{chain.describe}: missing or unreadable outputs in {outputs} ({exc})") from None
+    try:
+        metrics = state.score(batches)
+    except Exception as exc:  # outputs the adapter cannot read: the toolchain changed their shape or type
+        shapes = [list(a.shape) for a in batches[0]] if batches else []
+        raise ToolchainError(f"{chain.describe} outputs (first image: shapes {shapes}) cannot be scored: "
+                             f"{type(exc).__name__}: {exc}") from None
     base = project.root.baseline
     return Verified(
         trial=t.number,
@@ -176,7 +185,7 @@ def _eval_inputs(state: Project, cache: Path) -> Path:
     """The evaluation images as float32 NCHW raw-pixel ``.npy`` files (the toolchain applies mean/std),
     written once per image content; returns the list file."""
     images = state.eval_set.images
-    key = hashlib.sha256(images.tobytes()).hexdigest()[:16]
+    key = content_key(list(images.shape), hashlib.sha256(images.tobytes()).hexdigest())
     folder = cache / f"toolchain-inputs-{key}"
     listing = folder / "inputs.txt"
     if listing.is_file():
@@ -196,23 +205,31 @@ def _eval_inputs(state: Project, cache: Path) -> Path:
 
 def _run(exe: Path, args: list[str], log: Log) -> None:
     """Runs the bundle script under the toolchain's python, relaying its lines with an ETA on the simulation."""
-    proc = subprocess.Popen([str(exe), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
+    try:
+        proc = subprocess.Popen([str(exe), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    except OSError as exc:
+        raise ToolchainError(f"cannot run the toolchain python {exe}: {exc}") from None
     lines: list[str] = []
     sim_start = None
-    for raw in proc.stdout:
-        line = raw.rstrip()
-        lines.append(line)
-        text = line.removeprefix("[build_rknn] ")
-        if text.startswith("built "):
-            sim_start = time.perf_counter()
-        if text.startswith("simulate ") and sim_start is not None:
-            done, total = (int(x) for x in text.split()[1].split("/"))
-            el = time.perf_counter() - sim_start
-            eta = el / max(done, 1) * (total - done)
-            log(f"  {text} ({el:.0f} s, ETA {eta:.0f} s)")
-        else:
-            log(f"  {text}")
-    if proc.wait() != 0:
+    try:
+        for raw in proc.stdout or ():
+            line = raw.rstrip()
+            lines.append(line)
+            text = line.removeprefix("[build_rknn] ")
+            if text.startswith("built "):
+                sim_start = time.perf_counter()
+            progress = re.fullmatch(r"simulate (\d+)/(\d+)", text)
+            if progress and sim_start is not None:
+                done, total = int(progress.group(1)), int(progress.group(2))
+                el = time.perf_counter() - sim_start
+                log(f"  {text} ({el:.0f} s, ETA {el / max(done, 1) * (total - done):.0f} s)")
+            else:
+                log(f"  {text}")
+        proc.wait()
+    finally:
+        if proc.poll() is None:  # interrupted: do not leave the toolchain running
+            proc.kill()
+            proc.wait()
+    if proc.returncode != 0:
         tail = " | ".join(x.removeprefix("[build_rknn] ").strip() for x in lines[-4:])
         raise ToolchainError(f"{Path(args[0]).name} under {exe} exited with {proc.returncode}: {tail}")

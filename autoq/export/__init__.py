@@ -17,7 +17,7 @@ from typing import Any
 from autoq.errors import ConfigError
 from autoq.export.base import EXPORTERS, ExportContext, Exporter
 
-__all__ = ["EXPORTERS", "ExportContext", "Exporter", "export_config", "read_horizon"]
+__all__ = ["EXPORTERS", "ExportContext", "Exporter", "export_config"]
 
 
 def export_config(ctx: ExportContext, fmt: str, out: Path, **options: Any) -> list[Path]:

@@ -50,7 +50,7 @@ from autoq.export.rknn_names import (
     step1_name_owners,
 )
 from autoq.plan import Precision
-from autoq.quant.toolchain_sim import fused_tensors
+from autoq.quant.toolchain_sim import fused_units
 
 __all__ = ["read_rknn", "rknn_config", "rknn_layers", "write_rknn"]
 
@@ -61,7 +61,7 @@ _CONFIG_LINE = re.compile(r"^#\s*rknn\.config:\s*quantized_algorithm=(\S+)\s+qua
 
 @EXPORTERS.register("rknn")
 def write_rknn(ctx: ExportContext, out: Path, *, name: str | None = None, target_platform: str = "") -> list[Path]:
-    """Writes the bundle into ``out`` (a folder; a file path names the cfg and the bundle goes beside it).
+    """Writes the bundle into the folder ``out``.
 
     ``target_platform`` defaults to the trial's target when it is a Rockchip chip, else ``rk3588``.
     Returns the files written, the cfg first.
@@ -71,24 +71,28 @@ def write_rknn(ctx: ExportContext, out: Path, *, name: str | None = None, target
 
     check_model_nodes(ctx)
     try:
-        model = onnx.load(str(ctx.model_path))
+        model = onnx.load(str(ctx.model_path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - any load failure means "cannot name tensors"
         raise ExportError(
             f"rknn keys layers by the tensors RKNN names, and {ctx.model_path} cannot be read to find them ({exc})"
         ) from None
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        raise ExportError(f"{ctx.model_path} keeps weights in external files; the RKNN bundle needs one .onnx file")
     all_float = all(p is Precision.FLOAT for p in ctx.assignment().values())
-    layers, folded, merged = rknn_layers(ctx, model)
-    if all_float:
-        layers = {}  # a plain float16 build (do_quantization false)
+    if not all_float and ctx.calib_images is None:
+        raise ExportError("rknn needs the calibration images to ship in the bundle (RKNN calibrates itself); "
+                          "export from a project (autoq export)")
+    try:
+        layers, folded, merged = ({}, [], []) if all_float else rknn_layers(ctx, model)
+    except Exception as exc:  # noqa: BLE001 - a graph the name rules cannot read
+        raise ExportError(f"cannot name RKNN's tensors for {ctx.model_path}: {type(exc).__name__}: {exc}") from None
     config = rknn_config(ctx, target_platform)
     counts = precision_counts(ctx)
     label = name or ctx.label()
-    out = Path(out)
-    if out.suffix and not out.is_dir():
-        folder, cfg_path = out.parent, out
-    else:
-        folder = out
-        cfg_path = out / f"{label}.quantization.cfg"
+    folder = Path(out)
+    if folder.is_file():
+        raise ExportError(f"{folder} is a file; the rknn export is a bundle folder: pass -o DIR")
+    cfg_path = folder / f"{label}.quantization.cfg"
     folder.mkdir(parents=True, exist_ok=True)
 
     assumptions = [
@@ -205,31 +209,14 @@ def rknn_layers(ctx: ExportContext, model: Any) -> tuple[dict[str, str], list[st
                     raise_to(tensor, Precision.INT16)
     # A Conv+SiLU / Conv+Sigmoid unit autoq simulates as one kernel (its nodes share a precision)
     # stays one in RKNN only if its tensors share a type: an output raised to int16 raises the unit.
-    for unit in _fused_units(model.graph, assignment):
-        tensors = [t for node in unit for t in targets_of.get(node, [])]
+    for unit, _ in fused_units(model.graph, ("SiLU", "Sigmoid"), assignment.get):
+        tensors = [t for node in unit for t in targets_of.get(node.name, [])]
         top = max((chosen.get(t, Precision.INT8) for t in tensors), key=_RANK.__getitem__, default=Precision.INT8)
         for t in tensors:
             raise_to(t, top)
-    merged = [n for t, ns in members.items() if len({assignment[m] for m in ns}) > 1 for n in ns]
+    merged = list(dict.fromkeys(n for ns in members.values() if len({assignment[m] for m in ns}) > 1 for n in ns))
     layers = {t: _TYPE[p] for t, p in chosen.items() if p is not Precision.INT8}
     return layers, folded, merged
-
-
-def _fused_units(graph: Any, assignment: Mapping[str, Precision]) -> list[tuple[str, ...]]:
-    """Node names of each Conv + SiLU / Conv + Sigmoid unit whose quantizable nodes share one
-    precision (the units `autoq.quant.toolchain_sim` simulates fused on rk3588)."""
-    inner = fused_tensors(graph, ("SiLU", "Sigmoid"), assignment.get)
-    consumers: dict[str, list[Any]] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    units = []
-    for n in graph.node:
-        if n.op_type in ("Conv", "ConvTranspose") and n.output[0] in inner:
-            acts = consumers.get(n.output[0], [])
-            tail = [c for a in acts for c in consumers.get(a.output[0], []) if c.op_type == "Mul"]
-            units.append((n.name, *(a.name for a in acts), *(c.name for c in tail)))
-    return units
 
 
 def rknn_config(ctx: ExportContext, target_platform: str = "") -> dict[str, Any]:

@@ -65,6 +65,7 @@ class Quiet:
         os.dup2(self.saved[1], 2)
         os.close(self.saved[0])
         os.close(self.saved[1])
+        self.log.close()
 
 
 def read_list(path: Path) -> list[Path]:
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         layers = dict(load_yaml(cfg_path.read_text()).get("custom_quantize_layers") or {})
         dataset = read_list((base / bundle["dataset"]).resolve()) if quant else []
         inputs = read_list(Path(args.simulate).resolve()) if args.simulate else []
-    except (OSError, KeyError, ValueError) as exc:
+    except Exception as exc:  # missing file, bad JSON or YAML, a missing key: the bundle is not usable
         say(f"bad bundle {bundle_path}: {type(exc).__name__}: {exc}")
         return 2
     bad = {k: v for k, v in layers.items() if v not in LAYER_TYPES}
@@ -196,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                 + ", ".join(f"{sum(v == t for v in layers.values())} {t}" for t in LAYER_TYPES if t in layers.values())
                 + ")")
             rknn.release()
+            rknn = None
             with Quiet(log_path):
                 rknn = RKNN(verbose=True)
                 ret = rknn.hybrid_quantization_step2(model_input=f"{stem}.model", data_input=f"{stem}.data",
@@ -230,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # RKNN reports most errors by raising after logging them
         return fail(log_path, "RKNN", exc)
     finally:
-        rknn.release()
+        if rknn is not None:
+            rknn.release()
     log_text = log_path.read_text(errors="replace")
     manifest["layer_dtypes"] = layer_dtypes(log_text)
     manifest["hybrid_tensors"] = len(re.findall(r"Meet hybrid type, dtype: (\S+), tensor: (\S+)", log_text))

@@ -32,17 +32,17 @@ VERIFIED_ORT = frozenset({(1, 31), (1, 32)})
 @functools.lru_cache(maxsize=1)
 def supported() -> bool:
     """True when the installed onnxruntime is a verified version and has every private name used here."""
-    import onnxruntime
-    from onnxruntime.quantization import (
-        base_quantizer,
-        onnx_model,
-        qdq_quantizer,
-        quant_utils,
-    )
-
     try:
+        import onnxruntime
+        from onnxruntime.quantization import (
+            base_quantizer,
+            onnx_model,
+            qdq_quantizer,
+            quant_utils,
+        )
+
         version = tuple(int(x) for x in onnxruntime.__version__.split(".")[:2])
-    except ValueError:
+    except (ImportError, ValueError):  # another layout of ORT's internals: the plain quantizer
         return False
     names = [
         (quant_utils, "find_by_name"), (base_quantizer, "find_by_name"), (qdq_quantizer, "find_by_name"),

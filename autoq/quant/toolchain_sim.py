@@ -25,16 +25,17 @@ from typing import Any
 
 from autoq.plan import Precision
 
-__all__ = ["fused_tensors", "simulate_toolchain"]
+__all__ = ["fused_tensors", "fused_units", "simulate_toolchain"]
 
 _FUSING_OPS = frozenset({"Conv", "ConvTranspose"})
 _ELTWISE = frozenset({"Add", "Sub", "Mul", "Div"})
 
 
-def fused_tensors(
+def fused_units(
     graph: Any, activations: Iterable[str], precision_of: Callable[[str], Precision | None]
-) -> set[str]:
-    """Activation tensors inside fused units of ``graph`` (an ONNX GraphProto of the float model).
+) -> list[tuple[list[Any], list[str]]]:
+    """The fused units of ``graph`` (an ONNX GraphProto of the float model): (nodes, their inner
+    activation tensors) per unit, a Conv first when it is fused with its activation.
 
     ``precision_of(node name)``: the trial's precision of a quantizable node, None for others.
     """
@@ -46,12 +47,12 @@ def fused_tensors(
             consumers[i].append(n)
         for o in n.output:
             producer[o] = n
-    out: set[str] = set()
 
     def uniform(nodes: list[Any]) -> bool:
         ps = {precision_of(n.name) for n in nodes} - {None}
         return len(ps) == 1 and Precision.FLOAT not in ps
 
+    units: list[tuple[list[Any], list[str]]] = []
     for n in graph.node:
         unit, inner, x = None, [], None
         if n.op_type == "Sigmoid" and "SiLU" in acts:
@@ -65,11 +66,18 @@ def fused_tensors(
         conv = producer.get(x)
         if conv is not None and conv.op_type in _FUSING_OPS and {id(c) for c in consumers[x]} <= {id(u) for u in unit}:
             if uniform([conv, *unit]):
-                out.update([x, *inner])
+                units.append(([conv, *unit], [x, *inner]))
                 continue
         if inner and uniform(unit):
-            out.update(inner)
-    return out
+            units.append((unit, inner))
+    return units
+
+
+def fused_tensors(
+    graph: Any, activations: Iterable[str], precision_of: Callable[[str], Precision | None]
+) -> set[str]:
+    """Activation tensors inside the fused units of ``graph`` (see `fused_units`): not quantized."""
+    return {t for _, inner in fused_units(graph, activations, precision_of) for t in inner}
 
 
 def simulate_toolchain(proto: Any, float_graph: Any, *, fused: set[str], float_constants: bool) -> Any:

@@ -29,7 +29,7 @@ class TrialPoint:
 
 
 def trial_points(study, project=None) -> list[TrialPoint]:
-    """Every completed trial of ``study`` with its front membership (`autoq.search.study.front_trials`)."""
+    """Every completed trial of ``study`` with its front membership (`autoq.results.front.front_trials`)."""
     from optuna.trial import TrialState
 
     front = {t.number for t in front_trials(study, project)}

@@ -56,7 +56,7 @@ def tune_session(
     if isinstance(data, dict) and data.get("format") == _FORMAT:
         try:
             return SessionSettings(**data["best"])
-        except (TypeError, ValueError):
+        except (KeyError, TypeError, ValueError):
             pass  # another version's fields: measure again
     probe = create_session(model)
     shape = probe.get_inputs()[0].shape

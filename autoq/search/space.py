@@ -11,7 +11,7 @@ Two layouts (`SpaceLayout`):
 Plus the calibration granularity and range method (and percentile, resolution, variant when searched).
 `params_of` maps a QuantConfig back onto the layout; on a grouped layout a parameter takes the most
 common precision of its member nodes, so a config that mixes precisions inside a unit is rounded (the
-search enqueues such seeds with the exact config attached, see `autoq.search.study`).
+search enqueues such seeds with the exact config attached, see `autoq.search.seeds`).
 """
 
 from __future__ import annotations
