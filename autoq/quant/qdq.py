@@ -82,7 +82,7 @@ def build_qdq(
     known = _tensor_names(proto)
     overrides: dict[str, list[dict[str, Any]]] = {
         name: [{"quant_type": QuantType.QInt16}]
-        for name in int16_tensors(quantizable, precision, initializers=_float_initializers(proto))
+        for name in int16_tensors(quantizable, precision, initializers=model.initializer_names)
         if name in known
     }
     extra_options: dict[str, Any] = {
@@ -183,7 +183,3 @@ def _tensor_names(proto: onnx.ModelProto) -> set[str]:
         if vi.type.tensor_type.elem_type in _FLOAT_ELEM_TYPES:
             names.add(vi.name)
     return names
-
-
-def _float_initializers(proto: onnx.ModelProto) -> frozenset[str]:
-    return frozenset(t.name for t in proto.graph.initializer)

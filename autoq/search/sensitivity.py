@@ -44,7 +44,6 @@ from autoq.runtime.session import create_session
 
 if TYPE_CHECKING:
     from autoq.pipeline import Project
-    from autoq.plan import Calibration, Precision
 
 __all__ = [
     "GROUP_START_OPS",
