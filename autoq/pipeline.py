@@ -345,8 +345,9 @@ class Project:
 
     def build(self, config: QuantConfig, *, ranges: dict[str, tuple[float, float]] | None = None):
         """The trial's QDQ ModelProto, from cached ranges (no calibration pass)."""
-        proto = build_qdq(self.model, config, self.ranges(config) if ranges is None else ranges, memo=self.weight_memo)
         t = self.target
+        proto = build_qdq(self.model, config, self.ranges(config) if ranges is None else ranges, memo=self.weight_memo,
+                          int8_reads_convert=t.int8_reads_convert)
         if t.fused_activations or t.float_eltwise_constants:
             fused = fused_tensors(self.model.proto.graph, t.fused_activations, self._quantized_precision(config))
             proto = simulate_toolchain(proto, self.model.proto.graph, fused=fused, float_constants=t.float_eltwise_constants)

@@ -204,3 +204,30 @@ def test_rknn_builds_a_mixed_bundle_and_rejects_a_name_step1_does_not_write(tmp_
     run = subprocess.run([RKNN_PYTHON, str(tmp_path / "b" / "build_rknn.py")], capture_output=True, text=True, timeout=600)
     assert run.returncode == 2, run.stdout[-2000:]
     assert "/stem/act/Sigmoid_output_0" in run.stdout and "not tensors step1 wrote" in run.stdout
+
+
+def test_int8_consumers_of_an_int16_tensor_read_it_converted(demo_model):
+    """rk3588 (int8_reads_convert): an int8 node reading an int16 tensor gets int8 values, as RKNN's
+    exDataConvert gives them; without it every consumer reads the int16 quantization."""
+    from onnx import numpy_helper
+
+    from autoq.quant.calibrate import collect_stats
+    from autoq.quant.qdq import build_qdq, config_int16_tensors
+    from autoq.quant.ranges import activation_ranges
+
+    h, w = demo_model.input_shape[2:]
+    rng = np.random.default_rng(0)
+    stats = collect_stats(demo_model, [rng.integers(0, 256, (1, 3, h, w)).astype(np.float32)], cache_dir=None, key="c")
+    conv = next(n for n in demo_model.quantizable() if n.op_type == "Conv")
+    config = QuantConfig(default="int8", nodes={conv.name: "int16"})
+    ranges = activation_ranges(stats, config.calibration, int16_tensors=config_int16_tensors(demo_model, config))
+    sigmoid = next(n for n in demo_model.proto.graph.node if n.op_type == "Sigmoid" and n.input[0] == conv.outputs[0])
+
+    def zero_point_type(proto) -> np.dtype:
+        inits = {t.name: t for t in proto.graph.initializer}
+        node = next(n for n in proto.graph.node if n.name == sigmoid.name)
+        dq = next(n for n in proto.graph.node if n.output[0] == node.input[0])
+        return numpy_helper.to_array(inits[dq.input[2]]).dtype
+
+    assert zero_point_type(build_qdq(demo_model, config, ranges)) == np.int16
+    assert zero_point_type(build_qdq(demo_model, config, ranges, int8_reads_convert=True)) == np.int8

@@ -42,6 +42,7 @@ def build_qdq(
     *,
     fast: bool = True,
     memo: dict[Any, Any] | None = None,
+    int8_reads_convert: bool = False,
 ) -> onnx.ModelProto:
     """The QDQ model for ``config``; ``ranges`` must cover every float activation (see `collect_stats`).
 
@@ -56,6 +57,9 @@ def build_qdq(
     given the same ``memo`` across trials of one model, without recomputing the weights'
     quantization: on YOLOX-nano ~0.4 -> 0.07 s per-tensor, ~0.3 -> 0.15 s per-channel after the first);
     on any other version it is ORT's plain quantizer.
+    ``int8_reads_convert``: an int8 node reading an int16 tensor gets it converted to int8 (ORT's
+    ``convert`` override), as a compiler that types a tensor by its producer does (RKNN's
+    exDataConvert); otherwise every consumer reads the tensor's one int16 quantization.
     ``config.resolution`` and ``config.variant`` are not read here: pass the `LoadedModel` of that
     variant (and ranges calibrated on it).
     """
@@ -85,6 +89,14 @@ def build_qdq(
         for name in int16_tensors(quantizable, precision, initializers=model.initializer_names)
         if name in known
     }
+    if int8_reads_convert:
+        for node in quantizable:
+            if precision[node.name] is not Precision.INT8:
+                continue
+            for name in node.inputs:
+                if name in overrides:
+                    convert = overrides[name][0].setdefault("convert", {"quant_type": QuantType.QInt8, "recv_nodes": set()})
+                    convert["recv_nodes"].add(node.name)
     extra_options: dict[str, Any] = {
         "ActivationSymmetric": False,
         "WeightSymmetric": True,

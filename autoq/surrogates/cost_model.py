@@ -31,8 +31,10 @@ How one trial is priced (all times in ms):
   hybrid) at ``npu_tops["float"]`` and 2 B/element instead of falling back to the CPU.
 * ``op_efficiency`` entries are a fraction or a mapping precision -> fraction (fitted targets).
 * ``fixed_ms`` (optional): per-inference cost outside the graph (runtime launch, input/output copy).
-* ``fused_activations`` / ``float_eltwise_constants`` (optional): what the target's compiler
-  quantizes differently from ORT's QDQ model, simulated in every trial (`autoq.quant.toolchain_sim`).
+* ``fused_activations`` / ``float_eltwise_constants`` / ``int8_reads_convert`` (optional): what the
+  target's compiler quantizes differently from ORT's QDQ model, simulated in every trial
+  (`autoq.quant.toolchain_sim`; ``int8_reads_convert``: an int8 layer reads an int16 tensor converted
+  to int8, see `autoq.quant.qdq.build_qdq`).
 
 FLOPs are ``NodeInfo.flops`` (or ``2 * macs`` when flops is 0) and count as ops against TOPS.
 """
@@ -104,6 +106,7 @@ class Target:
     fixed_ms: float = 0.0
     fused_activations: tuple[str, ...] = ()
     float_eltwise_constants: bool = False
+    int8_reads_convert: bool = False
     mode: str = "estimate"
     runs: int = 10
     warmup: int = 2
@@ -242,9 +245,11 @@ def target_from_dict(data: Mapping[str, Any], *, source: str = "target") -> Targ
     float_on_npu = data.get("float_on_npu", False)
     if not isinstance(float_on_npu, bool):
         raise fail("float_on_npu", f"must be true or false, got {float_on_npu!r}")
-    float_constants = data.get("float_eltwise_constants", False)
-    if not isinstance(float_constants, bool):
-        raise fail("float_eltwise_constants", f"must be true or false, got {float_constants!r}")
+    flags = {}
+    for k in ("float_eltwise_constants", "int8_reads_convert"):
+        flags[k] = data.get(k, False)
+        if not isinstance(flags[k], bool):
+            raise fail(k, f"must be true or false, got {flags[k]!r}")
     bad = [p for p in precisions if p not in NPU_PRECISIONS]
     if not precisions or bad:
         raise fail("precisions", f"must be a non-empty list from {list(NPU_PRECISIONS)}, got {list(precisions)!r}")
@@ -321,7 +326,7 @@ def target_from_dict(data: Mapping[str, Any], *, source: str = "target") -> Targ
         npu_ops=MappingProxyType(npu_ops),
         float_on_npu=float_on_npu,
         fused_activations=names("fused_activations", ()),
-        float_eltwise_constants=float_constants,
+        **flags,
         mode=mode,
         **ints,
         **optional,
