@@ -249,9 +249,9 @@ class Project:
         key = content_key(
             self.model.sha256,
             self._preprocess_key(),
-            json.dumps(dict(self.config.model.adapter_options), sort_keys=True, default=str),
+            dict(self.config.model.adapter_options),
             self.config.model.adapter,
-            json.dumps([self.config.objective.metric, dict(self.config.objective.options)], sort_keys=True, default=str),
+            [self.config.objective.metric, dict(self.config.objective.options)],
             str(self.config.data.eval_annotations),
             *es.files,
         )

@@ -28,6 +28,7 @@ import numpy as np
 from autoq.cache import content_key
 from autoq.errors import ConfigError, SearchError, ToolchainError
 from autoq.export import export_config
+from autoq.export.rknn import write_inputs
 from autoq.export.run import trial_context
 from autoq.objectives.metrics import drop
 from autoq.pipeline import Project
@@ -192,10 +193,7 @@ def _eval_inputs(state: Project, cache: Path) -> Path:
         return listing
     tmp = cache / f".toolchain-inputs-{key}.{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for k, image in enumerate(images):
-        np.save(tmp / f"{k:05d}.npy", np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32))
-    (tmp / "inputs.txt").write_text("".join(f"{k:05d}.npy\n" for k in range(len(images))))
+    write_inputs(images, tmp / "inputs.txt")
     try:
         os.replace(tmp, folder)
     except OSError:  # another process wrote it first

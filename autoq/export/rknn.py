@@ -107,7 +107,7 @@ def write_rknn(ctx: ExportContext, out: Path, *, name: str | None = None, target
         assumptions.append(f"no RKNN tensor (folded or fused away): {join_names(folded)}")
     if merged:
         assumptions.append(f"one RKNN unit, the higher precision taken: {join_names(merged)}")
-    if config.pop("_note", None):
+    if (ctx.config.calibration.method or "minmax").lower() not in _ALGORITHMS:
         assumptions.append(f"quantized_algorithm: autoq method {ctx.config.calibration.method!r} has no RKNN "
                            "equivalent; normal (min/max) is the nearest")
     header = header_lines(
@@ -219,11 +219,14 @@ def rknn_layers(ctx: ExportContext, model: Any) -> tuple[dict[str, str], list[st
     return layers, folded, merged
 
 
+#: autoq range method -> RKNN ``quantized_algorithm`` (any other method: ``normal``, the nearest)
+_ALGORITHMS = {"minmax": "normal", "mse": "mmse", "kl": "kl_divergence"}
+
+
 def rknn_config(ctx: ExportContext, target_platform: str = "") -> dict[str, Any]:
-    """The ``rknn.config`` arguments for the trial (``_note`` set when the method has no RKNN equivalent)."""
+    """The ``rknn.config`` arguments for the trial."""
     cal = ctx.config.calibration
-    m = (cal.method or "minmax").lower()
-    algorithm = {"minmax": "normal", "mse": "mmse", "kl": "kl_divergence"}.get(m, "normal")
+    algorithm = _ALGORITHMS.get((cal.method or "minmax").lower(), "normal")
     platform = target_platform or (ctx.target if ctx.target.startswith(("rk", "rv")) else "rk3588")
     pp = ctx.preprocess
     config: dict[str, Any] = {
@@ -235,25 +238,29 @@ def rknn_config(ctx: ExportContext, target_platform: str = "") -> dict[str, Any]
         "quantized_method": "channel" if cal.granularity == "per_channel" else "layer",
         "float_dtype": "float16",
     }
-    if m not in ("minmax", "mse", "kl"):
-        config["_note"] = True
     return config
 
 
 def _write_calibration(ctx: ExportContext, folder: Path) -> list[Path]:
-    """``calib/<k>.npy`` (float32 NCHW raw pixels) and ``dataset.txt`` listing them."""
+    """``calib/<k>.npy`` and ``dataset.txt`` listing them (empty for an all-float trial)."""
+    images = ctx.calib_images() if ctx.calib_images is not None else []
+    return write_inputs(images, folder / "dataset.txt", "calib")
+
+
+def write_inputs(images: Any, listing: Path, subdir: str = "") -> list[Path]:
+    """One ``.npy`` per uint8 NHWC image, as RKNN reads ONNX inputs (float32 NCHW ``(1, 3, H, W)``, raw
+    pixels: ``rknn.config`` applies mean/std), under ``listing.parent / subdir``, and ``listing``
+    naming them relative to its folder (RKNN's dataset, the simulator's input list)."""
     import numpy as np
 
-    listing = folder / "dataset.txt"
-    files: list[Path] = []
-    if ctx.calib_images is not None:
-        images = ctx.calib_images()
-        (folder / "calib").mkdir(exist_ok=True)
-        for k, image in enumerate(images):
-            path = folder / "calib" / f"{k:04d}.npy"
-            np.save(path, np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32))
-            files.append(path)
-    listing.write_text("".join(f"{p.relative_to(folder).as_posix()}\n" for p in files), encoding="utf-8")
+    folder = listing.parent / subdir
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for k, image in enumerate(images):
+        path = folder / f"{k:04d}.npy"
+        np.save(path, np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32))
+        files.append(path)
+    listing.write_text("".join(f"{p.relative_to(listing.parent).as_posix()}\n" for p in files), encoding="utf-8")
     return [listing, *files]
 
 
