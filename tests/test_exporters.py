@@ -24,8 +24,6 @@ from autoq.export.tensorrt import read_tensorrt
 from autoq.export.vastai import read_vastai
 from autoq.plan import Calibration, Precision, QuantConfig
 
-OUTPUTS = {n: (f"{n}_out",) for n in NODES}
-OUTPUTS[NODES[3]] = ("reg_out", "reg_aux")  # a node with two outputs
 FLOAT_ONLY = QuantConfig(
     calibration=Calibration(granularity="per_tensor", method="minmax"),
     nodes={NODES[1]: "float", NODES[2]: "float"},
@@ -34,7 +32,7 @@ INT16_ONLY = QuantConfig(calibration=Calibration(method="mse"), nodes={NODES[0]:
 
 
 def ctx_for(config: QuantConfig = MIXED, **kw):
-    return dataclasses.replace(make_ctx(config, **kw), node_outputs=OUTPUTS)
+    return make_ctx(config, **kw)
 
 
 def listed(config: QuantConfig) -> dict[str, Precision]:

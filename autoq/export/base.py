@@ -65,8 +65,6 @@ class ExportContext:
             trial's size (uint8 NHWC, the model's colour order, no mean/std), for formats that ship
             their own calibration inputs (``rknn``).
         qdq_model: builds the trial's QDQ ONNX (serialized) on demand; only ``onnx-qdq`` needs it.
-        node_outputs: node name -> its output tensor names (formats keyed by tensors, e.g. ``rknn``);
-            when absent those exporters read them from ``model_path``.
     """
 
     config: QuantConfig
@@ -84,7 +82,6 @@ class ExportContext:
     calib_dir: Path | None = None
     calib_images: Callable[[], np.ndarray] | None = None
     qdq_model: Callable[[], bytes] | None = None
-    node_outputs: Mapping[str, tuple[str, ...]] | None = None
 
     def assignment(self) -> dict[str, Precision]:
         """Precision of every quantizable node, in graph order."""

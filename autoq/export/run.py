@@ -41,7 +41,6 @@ def trial_context(project: Project, study, t) -> ExportContext:
         calib_dir=project.config.data.calib_images,
         calib_images=lambda: load_calibration(d.calib_images, d.calib_count, (h, w), project.preprocess)[0],
         qdq_model=lambda: state.build(config).SerializeToString(),
-        node_outputs={n.name: tuple(n.outputs) for n in nodes},
     )
 
 
