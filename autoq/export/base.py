@@ -8,6 +8,7 @@ the dataset, and a user plugin (``my_pkg.my_mod:write_thing``) sees exactly what
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +27,11 @@ __all__ = [
     "EXPORTERS",
     "ExportContext",
     "Exporter",
+    "bundle_dir",
     "check_choice",
     "check_model_nodes",
     "comment_block",
+    "copy_model",
     "header_lines",
     "join_names",
     "one_line",
@@ -37,6 +40,7 @@ __all__ = [
     "precision_counts",
     "provenance_sidecar",
     "safe_stem",
+    "write_run_script",
 ]
 
 # An exporter: ``fn(ctx, out, **typed_keyword_options) -> files written``. ``out`` is a file path or
@@ -205,3 +209,32 @@ def provenance_sidecar(path: Path, lines: list[str]) -> Path:
 def precision_counts(ctx: ExportContext) -> dict[str, int]:
     """How many quantizable nodes run in each precision, e.g. ``{"int8": 90, "int16": 3, "float": 1}``."""
     return ctx.config.counts(ctx.node_names)
+
+
+# --------------------------------------------------------------------------- bundles
+
+
+def bundle_dir(out: Path, fmt: str) -> Path:
+    """The folder a bundle is written into: ``out`` (created); ``ExportError`` when it is a file."""
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise ExportError(f"{folder} is a file; the {fmt} export is a bundle folder: pass -o DIR")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def copy_model(ctx: ExportContext, folder: Path, name: str = "model.onnx") -> Path:
+    """The model the config names, copied into the bundle (configs then refer to it relatively)."""
+    path = Path(folder) / name
+    shutil.copyfile(ctx.model_path, path)
+    return path
+
+
+def write_run_script(folder: Path, commands: list[str], *, comment: list[str] = (), name: str = "run.sh") -> Path:
+    """An executable ``run.sh`` that runs ``commands`` from the bundle folder (the vendor's next step)."""
+    lines = ["#!/usr/bin/env bash", *(f"# {one_line(c)}" for c in comment), "set -euo pipefail",
+             'cd "$(dirname "$0")"', *commands]
+    path = Path(folder) / name
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.chmod(0o755)
+    return path
