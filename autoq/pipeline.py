@@ -43,6 +43,7 @@ from autoq.quant.toolchain_sim import fused_tensors, simulate_toolchain
 from autoq.runtime.runner import run_model, stream_model
 from autoq.runtime.session import create_session, usable_cores
 from autoq.runtime.tune import tune_session
+from autoq.surrogates.capabilities import Realization, op_kind, realize
 from autoq.surrogates.cost_model import estimate_latency, load_target
 from autoq.surrogates.measure import measure_latency
 
@@ -191,6 +192,22 @@ class Project:
     @cached_property
     def quantizable_names(self) -> tuple[str, ...]:
         return tuple(n.name for n in self.model.quantizable())
+
+    @cached_property
+    def node_kinds(self) -> dict[str, str]:
+        """Quantizable node -> its key in the target's capability table (op type, ``Conv:depthwise``)."""
+        protos = {n.name: n for n in self.model.proto.graph.node}
+        out = {}
+        for n in self.model.quantizable():
+            shape = n.input_shapes[0] if n.input_shapes else None
+            channels = shape[1] if shape and len(shape) > 1 and isinstance(shape[1], int) else None
+            out[n.name] = op_kind(protos[n.name], channels)
+        return out
+
+    def realize(self, config: QuantConfig) -> Realization:
+        """``config`` as the target's toolchain builds it (`autoq.surrogates.capabilities`): what every
+        trial simulates, prices, records and exports."""
+        return realize(config, self.node_kinds, self.target.capabilities)
 
     def allowed_precisions(self) -> tuple[Precision, ...]:
         """space.precisions that the target can run (float always can: it runs on the CPU)."""
@@ -344,10 +361,11 @@ class Project:
         )
 
     def build(self, config: QuantConfig, *, ranges: dict[str, tuple[float, float]] | None = None):
-        """The trial's QDQ ModelProto, from cached ranges (no calibration pass)."""
+        """The trial's QDQ ModelProto as the toolchain builds it, from cached ranges (no calibration pass)."""
         t = self.target
+        config = self.realize(config).config
         proto = build_qdq(self.model, config, self.ranges(config) if ranges is None else ranges, memo=self.weight_memo,
-                          int8_reads_convert=t.int8_reads_convert)
+                          int8_reads_convert=t.int8_reads_convert, activation_symmetric=t.activation_symmetric)
         if t.fused_activations or t.float_eltwise_constants:
             fused = fused_tensors(self.model.proto.graph, t.fused_activations, self._quantized_precision(config))
             proto = simulate_toolchain(proto, self.model.proto.graph, fused=fused, float_constants=t.float_eltwise_constants)
@@ -365,6 +383,7 @@ class Project:
 
     def latency(self, config: QuantConfig, proto=None):
         """Cost-model estimate; with target mode ``measured`` and the trial's QDQ ``proto``, timed here."""
+        config = self.realize(config).config
         est = estimate_latency(self.model.nodes, config, self.target)
         t = self.target
         mode = self.config.target.mode or t.mode
@@ -394,6 +413,7 @@ class Project:
         if state is not self:  # another resolution / variant: its own graph, data, statistics, baseline
             return state.evaluate(state.config_for(config))
         base = self.root.baseline  # map_drop: always against the original at its own resolution
+        config = self.realize(config).config
         seconds: dict[str, Any] = {}
 
         t = time.perf_counter()
@@ -430,6 +450,7 @@ class Project:
             seconds=seconds,
             similarity=dict(metrics.extra),
             output_cosine=cosine,
+            infeasible=lat.infeasible,
         )
 
     def subset(self, images: int) -> Project:

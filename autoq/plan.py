@@ -171,6 +171,8 @@ class TrialResult:
     latency_table: str = ""
     # cosine similarity to the float model's raw outputs, per output name (MLflow ``cos/<output>``)
     output_cosine: Mapping[str, float] = field(default_factory=dict)
+    # why the target's toolchain would refuse to compile it (on-chip memory), one line each
+    infeasible: tuple[str, ...] = ()
 
     def metrics(self) -> dict[str, float]:
         """The scalar metrics logged per trial."""

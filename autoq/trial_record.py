@@ -15,13 +15,15 @@ from autoq.errors import SearchError
 from autoq.plan import QuantConfig
 
 __all__ = [
-    "CONFIG_ATTR", "CONSTRAINT_ATTR", "FAIL_ATTR", "OVER_BUDGET_ATTR", "PARENT_ATTR", "PARTIAL_ATTR",
-    "RUN_ATTR", "SCREENED_ATTR", "SEEDED_ATTR", "SEED_CONFIG_ATTR", "SPACE_ATTR", "SPACE_KNOBS_ATTR",
+    "CONFIG_ATTR", "CONSTRAINT_ATTR", "FAIL_ATTR", "INFEASIBLE_ATTR", "OVER_BUDGET_ATTR", "PARENT_ATTR",
+    "PARTIAL_ATTR", "REQUESTED_ATTR", "RUN_ATTR", "SCREENED_ATTR", "SEEDED_ATTR", "SEED_CONFIG_ATTR", "SPACE_ATTR", "SPACE_KNOBS_ATTR",
     "STARTED_ATTR", "trial_config",
 ]
 
 # --- on a trial
-CONFIG_ATTR = "quant_config"  # the QuantConfig it evaluated (dict)
+CONFIG_ATTR = "quant_config"  # the QuantConfig it evaluated (dict): as the target's toolchain builds it
+REQUESTED_ATTR = "requested_config"  # what the sampler or seed asked, when the toolchain builds it differently
+INFEASIBLE_ATTR = "infeasible"  # why the toolchain would refuse to compile it (list of lines): never on the front
 OVER_BUDGET_ATTR = "over_budget"
 SCREENED_ATTR = "screened"  # a proposal the surrogate rejected without evaluating it (not counted)
 SEED_CONFIG_ATTR = "seed_config"  # an enqueued trial's exact QuantConfig (dict)

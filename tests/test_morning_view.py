@@ -106,7 +106,7 @@ def test_report_and_diagnose_commands(searched, capsys):
     assert main(["report", "-c", str(cfg), "-o", str(out / "report.html")]) == 0
     page = (out / "report.html").read_text()
     md = (out / "report.md").read_text()
-    for section in ("Pareto front", "Per-node precision map", "Per-class AP vs float", "Latency breakdown by segment"):
+    for section in ("Pareto front", "Per-unit precision: what the toolchain builds", "Per-class AP vs float", "Latency breakdown by segment"):
         assert section in page and section in md
     assert "data:image/png;base64," in page and (out / "report.pareto.png").is_file()
     assert "conv1" in page

@@ -48,11 +48,55 @@ def tiny_detector(path: Path, opset: int = 13) -> Path:
     return path
 
 
-def make_tiny_project(root: Path, *, n_eval: int = 6, n_calib: int = 4, extra: str = "") -> Path:
-    """Writes model, images, annotations and autoq.yaml under ``root``; returns the config path."""
+def rich_detector(path: Path, opset: int = 13) -> Path:
+    """`tiny_detector`'s output from the op kinds toolchains treat differently: Conv + SiLU, a depthwise
+    Conv + Relu, MaxPool, Add, Concat, Resize, InstanceNormalization, a 1x1 Conv head, Reshape/Transpose/Sigmoid."""
+    rng = np.random.default_rng(0)
+    c_out = 5 + NUM_CLASSES
+
+    def w(name, *shape, scale=0.1):
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+    inits = [
+        w("w1", 8, 3, 8, 8, scale=0.01), w("b1", 8, scale=0.0), w("wd", 8, 1, 3, 3, scale=0.3), w("bd", 8, scale=0.0),
+        w("w2", c_out, 16, 1, 1, scale=0.3), w("b2", c_out, scale=0.0),
+        numpy_helper.from_array(np.ones(16, np.float32), "in_s"), numpy_helper.from_array(np.zeros(16, np.float32), "in_b"),
+        numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+        numpy_helper.from_array(np.array([1, c_out, 64], np.int64), "shape"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["images", "w1", "b1"], ["c1"], name="conv1", strides=[8, 8]),
+        helper.make_node("Sigmoid", ["c1"], ["s1"], name="sig1"),
+        helper.make_node("Mul", ["c1", "s1"], ["a1"], name="silu1"),
+        helper.make_node("Conv", ["a1", "wd", "bd"], ["d1"], name="dwconv", group=8, pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["d1"], ["r1"], name="relu"),
+        helper.make_node("MaxPool", ["r1"], ["m1"], name="pool", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["a1", "m1"], ["add1"], name="add"),
+        helper.make_node("Concat", ["add1", "r1"], ["cat"], name="concat", axis=1),
+        helper.make_node("InstanceNormalization", ["cat", "in_s", "in_b"], ["norm"], name="inorm"),
+        helper.make_node("Resize", ["norm", "", "scales"], ["up"], name="resize", mode="nearest"),
+        helper.make_node("MaxPool", ["up"], ["down"], name="pool2", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["down", "w2", "b2"], ["c2"], name="conv2"),
+        helper.make_node("Reshape", ["c2", "shape"], ["r"], name="reshape"),
+        helper.make_node("Transpose", ["r"], ["t"], name="transpose", perm=[0, 2, 1]),
+        helper.make_node("Sigmoid", ["t"], ["output"], name="sig_out"),
+    ]
+    graph = helper.make_graph(
+        nodes, "rich", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 64, c_out])], inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def make_tiny_project(root: Path, *, n_eval: int = 6, n_calib: int = 4, extra: str = "", rich: bool = False) -> Path:
+    """Writes model, images, annotations and autoq.yaml under ``root``; returns the config path.
+    ``rich``: the model is `rich_detector` (more op kinds) instead of `tiny_detector`."""
     rng = np.random.default_rng(1)
     root.mkdir(parents=True, exist_ok=True)
-    tiny_detector(root / "model.onnx")
+    (rich_detector if rich else tiny_detector)(root / "model.onnx")
     ev, cal = root / "eval", root / "calib"
     ev.mkdir(parents=True, exist_ok=True)
     cal.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 This is the one module that translates autoq's typed choices into ORT's untyped ``extra_options``:
 
-* activations: int8 asymmetric (``QuantType.QInt8``, ``ActivationSymmetric=False``);
+* activations: int8, asymmetric unless the target's toolchain has no zero point (``ActivationSymmetric``);
   int16 activations (W8A16) through ``TensorQuantOverrides`` ``{tensor: [{"quant_type": QInt16}]}``
   plus ``UseQDQContribOps`` (16-bit Q/DQ needs the com.microsoft ops before opset 21);
 * weights: int8 symmetric, per channel when ``calibration.granularity == "per_channel"``;
@@ -43,6 +43,7 @@ def build_qdq(
     fast: bool = True,
     memo: dict[Any, Any] | None = None,
     int8_reads_convert: bool = False,
+    activation_symmetric: bool = False,
 ) -> onnx.ModelProto:
     """The QDQ model for ``config``; ``ranges`` must cover every float activation (see `collect_stats`).
 
@@ -60,6 +61,8 @@ def build_qdq(
     ``int8_reads_convert``: an int8 node reading an int16 tensor gets it converted to int8 (ORT's
     ``convert`` override), as a compiler that types a tensor by its producer does (RKNN's
     exDataConvert); otherwise every consumer reads the tensor's one int16 quantization.
+    ``activation_symmetric``: activations quantized symmetrically (zero point 0), as toolchains without
+    activation zero points do (Horizon's BPU).
     ``config.resolution`` and ``config.variant`` are not read here: pass the `LoadedModel` of that
     variant (and ranges calibrated on it).
     """
@@ -98,7 +101,7 @@ def build_qdq(
                     convert = overrides[name][0].setdefault("convert", {"quant_type": QuantType.QInt8, "recv_nodes": set()})
                     convert["recv_nodes"].add(node.name)
     extra_options: dict[str, Any] = {
-        "ActivationSymmetric": False,
+        "ActivationSymmetric": activation_symmetric,
         "WeightSymmetric": True,
         "TensorQuantOverrides": overrides,
         "UseQDQContribOps": bool(overrides) and model.opset < 21,

@@ -1,6 +1,6 @@
 """`autoq report`: the morning view of a finished (or running) study as one HTML file + Markdown.
 
-Sections: the Pareto front (table and plot), the per-node precision map of one trial (default:
+Sections: the Pareto front (table and plot), the per-unit precision map of one trial (as the target's toolchain builds it) (default:
 the front member with the lowest mAP drop), its per-class AP against the float model, and its
 latency broken down by segment (from the cost model, recomputed with ``project.latency``).
 """
@@ -11,17 +11,20 @@ import csv
 import io
 import math
 import tempfile
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autoq.errors import SearchError
+from autoq.plan import QuantConfig
 from autoq.report.doc import Doc
 from autoq.report.plots import pareto_png, trial_points
 from autoq.results.front import front_trials, pareto_rows
 from autoq.results.store import load_study, make_tracker
 from autoq.results.trials import get_trial
-from autoq.trial_record import RUN_ATTR, trial_config
+from autoq.search.sensitivity import node_units
+from autoq.trial_record import REQUESTED_ATTR, RUN_ATTR, trial_config
 
 if TYPE_CHECKING:
     from autoq.pipeline import Project
@@ -56,6 +59,12 @@ def _trial_per_class_ap(project: Project, t, config, log) -> dict[str, float]:
     return dict(project.evaluate(config).per_class_ap)
 
 
+def _summary(values) -> str:
+    """``int8`` or ``int8 x2, int16`` for the values of a unit's nodes."""
+    counts = Counter(v for v in values if v)
+    return ", ".join(k if n == 1 else f"{k} x{n}" for k, n in counts.items()) if len(counts) > 1 else next(iter(counts), "")
+
+
 def write_report(project: Project, out: Path, *, trial: int | None = None, log: Callable[[str], None] = print):
     """Writes ``out`` (HTML) and ``out.md``; returns both paths."""
     study = load_study(project)
@@ -83,11 +92,21 @@ def write_report(project: Project, out: Path, *, trial: int | None = None, log: 
           + ", ".join(f"{k} {v}" for k, v in config.counts(names).items()) + " nodes.")
 
     lat = project.latency(config)
-    doc.h3("Per-node precision map")
-    doc.table(["node", "op", "precision", "device", "segment", "ms"],
-              [[n, lat.op_types.get(n, project.model.node(n).op_type), config.precision_of(n).value,
-                lat.devices.get(n, ""), lat.segment_of.get(n, -1), f"{lat.per_node.get(n, 0.0):.4f}"] for n in names],
-              collapsed=f"{len(names)} quantizable nodes (click to expand)")
+    doc.h3("Per-unit precision: what the toolchain builds")
+    requested = QuantConfig.from_dict(t.user_attrs[REQUESTED_ATTR]) if REQUESTED_ATTR in t.user_attrs else config
+    doc.p(f"Units are the node groups that share one precision (a Conv with its fused activation and tail). "
+          f"'toolchain' is what target {project.target.name}'s toolchain builds (its capability table), "
+          "which autoq simulated and priced; 'asked' is what the search proposed, where it differs.")
+    unit_rows = []
+    for unit, members in node_units(project):
+        built = _summary(config.precision_of(m).value for m in members)
+        asked = _summary(requested.precision_of(m).value for m in members)
+        ops = _summary(project.node_kinds.get(m, "") for m in members)
+        devices = _summary(lat.devices.get(m, "") for m in members)
+        ms = sum(lat.per_node.get(m, 0.0) for m in members)
+        unit_rows.append([unit, ops, built, "" if asked == built else asked, devices, f"{ms:.4f}"])
+    doc.table(["unit", "ops", "toolchain", "asked", "device", "ms (estimate)"], unit_rows,
+              collapsed=f"{len(unit_rows)} units of {len(names)} quantizable nodes (click to expand)")
 
     doc.h3("Per-class AP vs float")
     trial_ap = _trial_per_class_ap(project, t, config, log)

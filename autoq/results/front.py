@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from autoq.trial_record import CONSTRAINT_ATTR, trial_config
+from autoq.trial_record import CONSTRAINT_ATTR, INFEASIBLE_ATTR, trial_config
 
 __all__ = [
     "ParetoRow", "format_pareto", "front_is_feasible", "front_trials", "is_feasible", "pareto_csv",
@@ -33,6 +33,8 @@ def search_limits(project: Any = None) -> tuple[float | None, float | None]:
 
 def is_feasible(t, limits: tuple[float | None, float | None] = (None, None)) -> bool:
     """Within ``limits`` (max drop on the 0..1 scale, max latency) or, without limits, the stored constraint."""
+    if t.user_attrs.get(INFEASIBLE_ATTR):  # the toolchain would not compile it
+        return False
     drop_max, lat_max = limits
     if drop_max is None and lat_max is None:
         return all(c <= 0 for c in t.user_attrs.get(CONSTRAINT_ATTR) or ())
@@ -55,6 +57,7 @@ def front_trials(study, project: Any = None) -> list:
     from optuna.trial import TrialState
 
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values and len(t.values) == 2]
+    complete = [t for t in complete if not t.user_attrs.get(INFEASIBLE_ATTR)]  # never a point that does not compile
     feasible = [t for t in complete if is_feasible(t, search_limits(project))]
     return _pareto(feasible or complete)
 

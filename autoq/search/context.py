@@ -10,12 +10,13 @@ from typing import Any
 from autoq.errors import SearchError
 from autoq.pipeline import Project
 from autoq.plan import Calibration
-from autoq.search.sensitivity import default_calibration, run_sensitivity
+from autoq.search.sensitivity import default_calibration, node_units, run_sensitivity
 from autoq.search.space import GRANULARITY, METHOD, SpaceLayout
 from autoq.search.surrogate import DropModel, knapsack_items
+from autoq.surrogates.capabilities import unit_choices
 from autoq.trial_record import SPACE_ATTR, SPACE_KNOBS_ATTR
 
-__all__ = ["SearchContext", "build_context"]
+__all__ = ["SearchContext", "build_context", "realizable_choices"]
 
 Log = Callable[[str], None]
 
@@ -56,15 +57,27 @@ def _layout_for(project: Project, study, sens, log: Log) -> SpaceLayout:
         log(f"search: study {cfg.search.study_name!r} was created with one parameter per node; it keeps that space "
             "(use a new search.study_name for the sensitivity-grouped space)")
         study.set_user_attr(SPACE_KNOBS_ATTR, "legacy")
-    elif sens is None or cfg.space.per_node_top_k == 0:
-        layout = SpaceLayout.per_node(names)
-        study.set_user_attr(SPACE_KNOBS_ATTR, knobs)
     else:
-        ranked = [(u.unit, u.nodes) for u in sens.ranked()]
-        layout = SpaceLayout.grouped(ranked, cfg.space.per_node_top_k, cfg.space.bands)
+        units = node_units(project)
+        choices = realizable_choices(project, units)
+        if sens is None or cfg.space.per_node_top_k == 0:
+            layout = SpaceLayout.units(units, choices)
+        else:
+            ranked = [(u.unit, u.nodes) for u in sens.ranked()]
+            layout = SpaceLayout.grouped(ranked, cfg.space.per_node_top_k, cfg.space.bands, choices)
+        fixed = sum(len(c) == 1 for c in choices.values())
+        log(f"search: {len(units)} units, {len(units) - fixed} with a precision choice on target {project.target.name} "
+            f"({fixed} fixed by what its toolchain builds)")
         study.set_user_attr(SPACE_KNOBS_ATTR, knobs)
     study.set_user_attr(SPACE_ATTR, layout.to_json())
     return layout
+
+
+def realizable_choices(project: Project, units) -> dict[str, tuple[str, ...]]:
+    """Unit -> the precisions worth proposing for it on the project's target (`unit_choices`)."""
+    allowed = project.allowed_precisions()
+    caps, kinds = project.target.capabilities, project.node_kinds
+    return {u: tuple(p.value for p in unit_choices(tuple(m), kinds, caps, allowed)) for u, m in units}
 
 
 def _calibration_choices(project: Project) -> dict[str, list]:
@@ -84,5 +97,6 @@ def build_context(project: Project, study, log: Log) -> SearchContext:
 
         precisions = project.allowed_precisions()
         ctx.model = DropModel.from_sensitivity(layout, sens, precisions, calibration_choices=_calibration_choices(project))
-        ctx.items, _ = knapsack_items(ctx.model, project.model.nodes, project.target, precisions, ctx.calibration)
+        ctx.items, _ = knapsack_items(ctx.model, project.model.nodes, project.target, precisions, ctx.calibration,
+                                      realize=lambda c: project.realize(c).config)
     return ctx

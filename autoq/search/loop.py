@@ -109,7 +109,7 @@ def optimize(
     done_before = len(finished_trials(study))
     log(f"search: {max(budget - done_before, 0)} trial(s) to run ({done_before} already in study {cfg.search.study_name!r})")
     objective = make_objective(project, study, prepared.ctx, tracker, parent, budget)
-    progress = Progress(log, budget, done_before, timeout)
+    progress = Progress(log, budget, done_before, timeout, project.target.name)
     pareto_tags = ParetoTags(tracker, parent, log, project)
     start = time.monotonic()
     stalled = False  # the last optimize() finished nothing (other workers took the budget)

@@ -16,8 +16,10 @@ from autoq.trial_record import (
     CONFIG_ATTR,
     CONSTRAINT_ATTR,
     FAIL_ATTR,
+    INFEASIBLE_ATTR,
     OVER_BUDGET_ATTR,
     PARTIAL_ATTR,
+    REQUESTED_ATTR,
     RUN_ATTR,
     SCREENED_ATTR,
     SEED_CONFIG_ATTR,
@@ -72,7 +74,12 @@ def make_objective(project: Project, study, ctx: SearchContext, tracker: Tracker
         seeded = SEED_CONFIG_ATTR in trial.user_attrs
         if seeded:  # an enqueued seed: its exact config (the params are its projection onto the space)
             config = QuantConfig.from_dict(trial.user_attrs[SEED_CONFIG_ATTR])
-        elif stale is None:
+        requested = config.counts(project.quantizable_names)
+        realized = project.realize(config)  # what the target's toolchain builds: evaluated, priced, recorded
+        if realized.changed:
+            trial.set_user_attr(REQUESTED_ATTR, config.to_dict())
+        config = realized.config
+        if not seeded and stale is None:
             why = screen(project, study, ctx, trial, config, budget)
             if why is not None:
                 ctx.screened += 1
@@ -98,6 +105,11 @@ def make_objective(project: Project, study, ctx: SearchContext, tracker: Tracker
             "n_int8": counts["int8"],
             "n_int16": counts["int16"],
             "n_float": counts["float"],
+            # what was asked before the target's toolchain rules (demotions, fusions): differs when it changed
+            "requested_int8": requested["int8"],
+            "requested_int16": requested["int16"],
+            "requested_float": requested["float"],
+            "toolchain_changed": len(realized.changed),
             "seed": trial.user_attrs.get("seed", "sampler"),
             "retry_of": stale if stale is not None else "",
         }
@@ -128,6 +140,8 @@ def make_objective(project: Project, study, ctx: SearchContext, tracker: Tracker
         for k, v in result.metrics().items():
             trial.set_user_attr(k, v)
         trial.set_user_attr("seconds", dict(result.seconds))
+        if result.infeasible:
+            trial.set_user_attr(INFEASIBLE_ATTR, list(result.infeasible))
         c = constraint_values(project, result.map_drop, result.latency_ms)
         if c is not None:
             trial.set_user_attr(CONSTRAINT_ATTR, c)

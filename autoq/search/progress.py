@@ -10,7 +10,13 @@ from typing import Any
 from autoq.results.front import front_trials
 from autoq.results.trials import finished_trials
 from autoq.tracking.mlflow import Tracker
-from autoq.trial_record import FAIL_ATTR, OVER_BUDGET_ATTR, RUN_ATTR, SCREENED_ATTR
+from autoq.trial_record import (
+    FAIL_ATTR,
+    INFEASIBLE_ATTR,
+    OVER_BUDGET_ATTR,
+    RUN_ATTR,
+    SCREENED_ATTR,
+)
 
 __all__ = ["Progress", "ParetoTags"]
 
@@ -28,8 +34,8 @@ class Progress:
     A failure reason seen before is not repeated: the line names the first trial that had it.
     """
 
-    def __init__(self, log: Log, budget: int, done_before: int, timeout: float | None) -> None:
-        self.log, self.budget, self.done_before, self.timeout = log, budget, done_before, timeout
+    def __init__(self, log: Log, budget: int, done_before: int, timeout: float | None, target: str = "the target") -> None:
+        self.log, self.budget, self.done_before, self.timeout, self.target = log, budget, done_before, timeout, target
         self.start = time.perf_counter()
         self.failures: dict[str, int] = {}
 
@@ -46,6 +52,9 @@ class Progress:
             left = min(left, max(self.timeout - elapsed, 0.0))
         if trial.state is TrialState.COMPLETE:
             now = f"drop {100 * trial.values[0]:.2f} pt, {trial.values[1]:.3f} ms"
+            refused = trial.user_attrs.get(INFEASIBLE_ATTR)
+            if refused:
+                now += f" -- does not compile on {self.target}: {refused[0]}" + (f" (+{len(refused) - 1})" if len(refused) > 1 else "")
         elif trial.state is TrialState.PRUNED:
             now = (f"stopped early: drop {100 * trial.user_attrs.get('map_drop', float('nan')):.2f} pt on "
                    f"{trial.user_attrs.get('images', '?')} images")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from autoq.config import SAMPLERS
 from autoq.errors import SearchError
-from autoq.trial_record import CONSTRAINT_ATTR
+from autoq.trial_record import CONSTRAINT_ATTR, INFEASIBLE_ATTR
 
 __all__ = ["AUTO_SAMPLER", "make_sampler"]
 
@@ -14,12 +14,12 @@ AUTO_SAMPLER = "tpe"
 
 def _constraints_func(trial) -> list[float]:
     c = trial.user_attrs.get(CONSTRAINT_ATTR)
-    return [float(x) for x in c] if c else [0.0]
+    return [*([float(x) for x in c] if c else [0.0]), 1.0 if trial.user_attrs.get(INFEASIBLE_ATTR) else 0.0]
 
 
-def make_sampler(cfg, seed: int, name: str | None = None):
+def make_sampler(cfg, seed: int, name: str | None = None, *, compile_limits: bool = False):
     """The Optuna sampler of ``search.sampler`` (``auto`` = `AUTO_SAMPLER`), constraint-aware when
-    ``max_map_drop`` / ``max_latency_ms`` are set."""
+    ``max_map_drop`` / ``max_latency_ms`` are set or the target refuses some configs (``compile_limits``)."""
     import warnings
 
     import optuna
@@ -28,7 +28,7 @@ def make_sampler(cfg, seed: int, name: str | None = None):
     name = name or cfg.search.sampler
     if name == "auto":
         name = AUTO_SAMPLER
-    constrained = cfg.search.max_map_drop is not None or cfg.search.max_latency_ms is not None
+    constrained = cfg.search.max_map_drop is not None or cfg.search.max_latency_ms is not None or compile_limits
     cf = _constraints_func if constrained else None
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=False, constant_liar=True,

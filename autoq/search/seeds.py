@@ -16,7 +16,7 @@ from autoq.search.space import layout_params_of
 from autoq.search.surrogate import knapsack
 from autoq.trial_record import SEED_CONFIG_ATTR
 
-__all__ = ["enqueue_seeds", "knapsack_bounds", "knapsack_configs", "load_seed_configs"]
+__all__ = ["enqueue_seeds", "knapsack_bounds", "knapsack_configs", "load_seed_configs", "projection_note"]
 
 Log = Callable[[str], None]
 
@@ -47,6 +47,22 @@ def load_seed_configs(project: Project) -> list[tuple[str, QuantConfig]]:
                                   f"(target {project.target.name}, space.precisions: {sorted(allowed)})")
         out.append((path.name, config))
     return out
+
+
+def projection_note(project: Project, label: str, config: QuantConfig) -> str | None:
+    """One line when the target's toolchain builds ``config`` differently: which node, what it asked,
+    what the toolchain does instead and why (the capability row's source); None when it builds it as is."""
+    r = project.realize(config)
+    if not r.changed:
+        return None
+    node = next(iter(sorted(r.refused) or r.changed))
+    req, got = r.changed[node]
+    kind = project.node_kinds[node]
+    rule = project.target.capabilities.rule(kind)
+    verb = "refuses" if node in r.refused else "does not run"
+    return (f"{label}: target {project.target.name}'s toolchain {verb} {req.value} on {kind} {node!r} (it runs "
+            f"{', '.join(sorted(p.value for p in rule.runs))}; {rule.source or 'capability table'}): built as {got.value}"
+            + (f"; {len(r.changed) - 1} more nodes changed the same way" if len(r.changed) > 1 else ""))
 
 
 def knapsack_bounds(project: Project, model, n: int) -> list[float]:
@@ -103,6 +119,9 @@ def enqueue_seeds(project: Project, study, ctx: SearchContext, user_seeds: list[
         for b, pred, c in knapsack_configs(project, ctx, bounds):
             seeds.append((f"knapsack<={100 * b:.2f}pt (predicted {100 * pred:.2f})", dataclasses.replace(c, resolution=resolution)))
     for label, c in seeds:
+        note = projection_note(project, f"seed {label}", c) if label.startswith("user:") else None
+        if note:
+            log(f"search: {note}")
         params = layout_params_of(c, ctx.layout, resolutions=resolutions, variants=variants)
         study.enqueue_trial(params, user_attrs={"seed": label, SEED_CONFIG_ATTR: c.to_dict()})
     log(f"search: space {ctx.layout.kind} with {len(ctx.layout.params)} precision parameters; "

@@ -61,6 +61,9 @@ Log = Callable[[str], None]
 GROUP_START_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 TIE_OPS = frozenset({"Concat", "Add", "Sum"})
 VERSION = 1
+# target keys that change what a trial's QDQ model computes (not what it costs)
+SIMULATED_TARGET_KEYS = ("capabilities", "fused_activations", "float_eltwise_constants", "int8_reads_convert",
+                         "activation_symmetric")
 
 
 def node_groups(project: Project) -> list[tuple[str, tuple[str, ...]]]:
@@ -258,6 +261,7 @@ def run_sensitivity(
     key = content_key(
         VERSION, project.model.sha256, _stats_key(project), cal.granularity, cal.method, cal.percentile,
         list(es_anchor.files), n, base.value, probe.value, units, project.config.objective.metric,
+        {k: v for k, v in project.target.to_dict().items() if k in SIMULATED_TARGET_KEYS},  # what the toolchain builds
     )
     path = project.cache_dir / f"sensitivity-{key}.json"
     cached = None if force else read_json(path)

@@ -1,12 +1,16 @@
 """QuantConfig <-> Optuna trial parameters.
 
-Two layouts (`SpaceLayout`):
+Three layouts (`SpaceLayout`), all over *units* (node groups whose precisions must agree, a Conv with
+its fused activation and tail, `autoq.search.sensitivity.node_units`), never over single ONNX nodes:
 
-- ``per_node``: one categorical parameter per quantizable node (``node:<name>``) over the precisions the
-  target and ``space.precisions`` allow (``space.per_node_top_k: 0``, and studies created before grouping);
+- ``units``: one categorical parameter ``unit:<name>`` per unit (``space.per_node_top_k: 0``, or no
+  sensitivity sweep);
 - ``grouped``: one parameter ``unit:<name>`` for each of the ``space.per_node_top_k`` most sensitive units
-  (node groups whose precisions must agree, `autoq.search.sensitivity.node_units`) and one ``band:<i>``
-  per sensitivity band of the other units (band 1 = the most sensitive of them).
+  and one ``band:<i>`` per sensitivity band of the other units (band 1 = the most sensitive of them);
+- ``per_node``: one parameter per node (``node:<name>``), kept only by studies created before units.
+
+A parameter proposes only the precisions the target's toolchain builds for its unit, each once
+(`autoq.surrogates.capabilities.unit_choices`); a unit with a single such precision has no parameter.
 
 Plus the calibration granularity and range method (and percentile, resolution, variant when searched).
 `params_of` maps a QuantConfig back onto the layout; on a grouped layout a parameter takes the most
@@ -36,6 +40,7 @@ PERCENTILE = "percentile"  # only suggested when method == "percentile" (a condi
 RESOLUTION = "resolution"  # "HxW" over space.resolutions (only when configured)
 VARIANT = "variant"  # "" (original) + rewrite sets + user variants (only when configured)
 DEFAULT_PERCENTILES = (99.99, 99.999)
+_NEAREST = {"float": ("int16", "int8"), "int16": ("int8", "float"), "int8": ("int16", "float")}
 
 
 def suggest_config(
@@ -115,20 +120,33 @@ def params_of(
 
 @dataclass(frozen=True)
 class SpaceLayout:
-    """How node precisions map onto trial parameters: ``params`` = ((parameter name, member nodes), ...)."""
-    kind: str  # "per_node" | "grouped"
+    """How node precisions map onto trial parameters: ``params`` = ((parameter name, member nodes), ...);
+    ``choices`` = ((parameter name, precisions the toolchain can build for it), ...) where they are fewer
+    than the space's (`autoq.surrogates.capabilities.unit_choices`)."""
+    kind: str  # "per_node" (legacy studies) | "units" | "grouped"
     params: tuple[tuple[str, tuple[str, ...]], ...]
+    choices: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @classmethod
     def per_node(cls, node_names: Sequence[str]) -> SpaceLayout:
         return cls("per_node", tuple((NODE_PREFIX + n, (n,)) for n in node_names))
 
     @classmethod
-    def grouped(cls, ranked_units: Sequence[tuple[str, Sequence[str]]], top_k: int, bands: int) -> SpaceLayout:
-        """``ranked_units``: (unit name, nodes), most sensitive first. The first ``top_k`` get their own
-        parameter; the rest are split in graph-independent rank order into ``bands`` bands of equal count."""
-        top = [(UNIT_PREFIX + name, tuple(nodes)) for name, nodes in ranked_units[:top_k]]
-        rest = list(ranked_units[top_k:])
+    def units(cls, units: Sequence[tuple[str, Sequence[str]]], choices: Mapping[str, Sequence[str]]) -> SpaceLayout:
+        """One parameter per unit with more than one realizable choice (``choices``: unit -> precisions)."""
+        return cls.grouped(units, len(units), 1, choices, kind="units")
+
+    @classmethod
+    def grouped(cls, ranked_units: Sequence[tuple[str, Sequence[str]]], top_k: int, bands: int,
+                choices: Mapping[str, Sequence[str]] | None = None, *, kind: str = "grouped") -> SpaceLayout:
+        """``ranked_units``: (unit name, nodes), most sensitive first. Units with a single realizable choice
+        (``choices``) get no parameter (the toolchain decides them); of the rest, the first ``top_k`` get
+        their own parameter and the others are split in rank order into ``bands`` bands of equal count."""
+        choices = {u: tuple(str(p) for p in ps) for u, ps in (choices or {}).items()}
+        searched = [(u, tuple(nodes)) for u, nodes in ranked_units if u not in choices or len(choices[u]) > 1]
+        top = [(UNIT_PREFIX + name, nodes) for name, nodes in searched[:top_k]]
+        own = [(UNIT_PREFIX + name, choices[name]) for name, _ in searched[:top_k] if name in choices]
+        rest = searched[top_k:]
         out = list(top)
         nb = min(bands, len(rest))
         for b in range(nb):
@@ -136,26 +154,41 @@ class SpaceLayout:
             members = tuple(m for _, nodes in rest[lo:hi] for m in nodes)
             if members:
                 out.append((f"{BAND_PREFIX}{b + 1}", members))
-        return cls("grouped", tuple(out))
+                if choices:
+                    union = {p for u, _ in rest[lo:hi] for p in choices.get(u, ())}
+                    own.append((f"{BAND_PREFIX}{b + 1}", tuple(p.value for p in Precision if p.value in union)))
+        return cls(kind, tuple(out), tuple(own))
+
+    def choices_of(self, name: str, default: Sequence[str]) -> list[str]:
+        """The precisions parameter ``name`` proposes: its realizable ones among ``default``, in that order."""
+        own = dict(self.choices).get(name)
+        return list(default) if own is None else [p for p in default if p in own] or list(own)
 
     @property
     def signature(self) -> str:
-        return hashlib.sha256(json.dumps([self.kind, self.params]).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps([self.kind, self.params, self.choices]).encode()).hexdigest()[:16]
 
     def to_json(self) -> str:
-        return json.dumps({"kind": self.kind, "params": [[k, list(v)] for k, v in self.params]})
+        return json.dumps({"kind": self.kind, "params": [[k, list(v)] for k, v in self.params],
+                           "choices": [[k, list(v)] for k, v in self.choices]})
 
     @classmethod
     def from_json(cls, text: str) -> SpaceLayout:
         d = json.loads(text)
-        return cls(d["kind"], tuple((k, tuple(v)) for k, v in d["params"]))
+        return cls(d["kind"], tuple((k, tuple(v)) for k, v in d["params"]),
+                   tuple((k, tuple(v)) for k, v in d.get("choices", ())))
 
     def precision_params(self, config) -> dict[str, str]:
-        """The precision parameter values that reproduce ``config`` (most common precision per parameter)."""
+        """The precision parameter values that reproduce ``config`` (most common precision per parameter,
+        projected onto the parameter's choices: the nearest one that the toolchain builds)."""
         out = {}
         for name, members in self.params:
             counts = Counter(config.precision_of(m).value for m in members)
-            out[name] = counts.most_common(1)[0][0] if counts else config.default.value
+            value = counts.most_common(1)[0][0] if counts else config.default.value
+            allowed = dict(self.choices).get(name)
+            if allowed is not None and value not in allowed:
+                value = next((p for p in _NEAREST[value] if p in allowed), allowed[0])
+            out[name] = value
         return out
 
     def config_nodes(self, values: Mapping[str, str]) -> dict[str, str]:
@@ -181,7 +214,8 @@ def suggest_layout_config(
                               resolutions=resolutions, variants=variants)
     return _suggest(
         trial,
-        lambda choices: layout.config_nodes({name: trial.suggest_categorical(name, choices) for name, _ in layout.params}),
+        lambda choices: layout.config_nodes(
+            {name: trial.suggest_categorical(name, layout.choices_of(name, choices)) for name, _ in layout.params}),
         precisions, granularities, methods, percentiles, resolutions=resolutions, variants=variants,
     )
 

@@ -16,4 +16,4 @@ def open_study(project: Project, *, seed: int | None = None, create: bool = True
     """Opens (or creates) the project's study with the sampler of ``search.sampler``."""
     cfg = project.config
     seed = cfg.search.seed if seed is None else seed
-    return load_study(project, sampler=make_sampler(cfg, seed + worker), create=create)
+    return load_study(project, sampler=make_sampler(cfg, seed + worker, compile_limits=bool(project.target.onchip_bytes)), create=create)

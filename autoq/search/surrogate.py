@@ -17,7 +17,7 @@ which is additive up to the convert/boundary edges between parameters.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,21 +115,25 @@ class KnapsackItem:
     choices: tuple[tuple[str, float, float], ...]  # (precision, predicted drop, latency delta ms)
 
 
-def knapsack_items(model: DropModel, nodes, target, precisions: Sequence[Precision], calibration: Calibration) -> tuple[list[KnapsackItem], float]:
-    """Per layout parameter: each precision's predicted drop and marginal latency vs all-int8.
+def knapsack_items(model: DropModel, nodes, target, precisions: Sequence[Precision], calibration: Calibration,
+                   realize: Callable[[QuantConfig], QuantConfig] = lambda c: c) -> tuple[list[KnapsackItem], float]:
+    """Per layout parameter: each of its choices' predicted drop and marginal latency vs all-int8, priced
+    as the toolchain builds it (``realize``).
 
     Returns (items, all-int8 latency). Precisions the cost model refuses for a parameter are left out.
     """
 
     base_cfg = QuantConfig.uniform(Precision.INT8, calibration=calibration)
-    base = estimate_latency(nodes, base_cfg, target).total_ms
+    base = estimate_latency(nodes, realize(base_cfg), target).total_ms
     items = []
+    values = [p.value for p in precisions]
     for name, members in model.layout.params:
         choices = []
-        for p in precisions:
+        for v in model.layout.choices_of(name, values):
+            p = Precision(v)
             try:
                 lat = base if p is Precision.INT8 else estimate_latency(
-                    nodes, QuantConfig(default=Precision.INT8, calibration=calibration, nodes={m: p for m in members}),
+                    nodes, realize(QuantConfig(default=Precision.INT8, calibration=calibration, nodes={m: p for m in members})),
                     target).total_ms
             except Exception:
                 continue

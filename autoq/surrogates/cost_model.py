@@ -31,10 +31,15 @@ How one trial is priced (all times in ms):
   hybrid) at ``npu_tops["float"]`` and 2 B/element instead of falling back to the CPU.
 * ``op_efficiency`` entries are a fraction or a mapping precision -> fraction (fitted targets).
 * ``fixed_ms`` (optional): per-inference cost outside the graph (runtime launch, input/output copy).
+* ``capabilities`` (optional): per op type, the precisions the toolchain builds and what it does with
+  others (`autoq.surrogates.capabilities`); configs are realized through it before they are priced.
+* ``onchip_bytes`` / ``whole_tensor_ops`` (optional): an NPU op of these types whose inputs + outputs
+  (at its precision's width) exceed the on-chip memory does not compile; the estimate lists it in
+  ``infeasible`` and the search treats the trial as infeasible (a constraint, not a latency).
 * ``fused_activations`` / ``float_eltwise_constants`` / ``int8_reads_convert`` (optional): what the
   target's compiler quantizes differently from ORT's QDQ model, simulated in every trial
   (`autoq.quant.toolchain_sim`; ``int8_reads_convert``: an int8 layer reads an int16 tensor converted
-  to int8, see `autoq.quant.qdq.build_qdq`).
+  to int8, see `autoq.quant.qdq.build_qdq`). ``activation_symmetric``: activations without zero point.
 
 FLOPs are ``NodeInfo.flops`` (or ``2 * macs`` when flops is 0) and count as ops against TOPS.
 """
@@ -51,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 from autoq.errors import ConfigError
 from autoq.plan import Precision, QuantConfig
 from autoq.registry import Registry
+from autoq.surrogates.capabilities import Capabilities, capabilities_from_dict
 
 if TYPE_CHECKING:
     from autoq.model.graph import NodeInfo
@@ -107,6 +113,10 @@ class Target:
     fused_activations: tuple[str, ...] = ()
     float_eltwise_constants: bool = False
     int8_reads_convert: bool = False
+    activation_symmetric: bool = False
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    onchip_bytes: int = 0
+    whole_tensor_ops: tuple[str, ...] = ()
     mode: str = "estimate"
     runs: int = 10
     warmup: int = 2
@@ -132,7 +142,9 @@ class Target:
         out: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name == "npu_ops":
+            if f.name == "capabilities":
+                v = v.to_dict()
+            elif f.name == "npu_ops":
                 v = {p: sorted(ops) for p, ops in v.items()}
             elif f.name == "op_efficiency":
                 v = {k: (dict(x) if isinstance(x, Mapping) else x) for k, x in v.items()}
@@ -246,7 +258,7 @@ def target_from_dict(data: Mapping[str, Any], *, source: str = "target") -> Targ
     if not isinstance(float_on_npu, bool):
         raise fail("float_on_npu", f"must be true or false, got {float_on_npu!r}")
     flags = {}
-    for k in ("float_eltwise_constants", "int8_reads_convert"):
+    for k in ("float_eltwise_constants", "int8_reads_convert", "activation_symmetric"):
         flags[k] = data.get(k, False)
         if not isinstance(flags[k], bool):
             raise fail(k, f"must be true or false, got {flags[k]!r}")
@@ -309,6 +321,9 @@ def target_from_dict(data: Mapping[str, Any], *, source: str = "target") -> Targ
     if not isinstance(name, str) or not name:
         raise fail("name", f"must be a non-empty string, got {name!r}")
     optional = {k: number(k, positive=False) for k in ("cpu_node_overhead_ms", "convert_ms", "fixed_ms") if k in data}
+    onchip = data.get("onchip_bytes", 0)
+    if isinstance(onchip, bool) or not isinstance(onchip, int) or onchip < 0:
+        raise fail("onchip_bytes", f"must be an integer >= 0 (0 = no limit), got {onchip!r}")
     return Target(
         name=name,
         description=str(description).strip(),
@@ -327,6 +342,9 @@ def target_from_dict(data: Mapping[str, Any], *, source: str = "target") -> Targ
         float_on_npu=float_on_npu,
         fused_activations=names("fused_activations", ()),
         **flags,
+        capabilities=capabilities_from_dict(data.get("capabilities"), source=source, precisions=precisions),
+        onchip_bytes=onchip,
+        whole_tensor_ops=names("whole_tensor_ops", ()),
         mode=mode,
         **ints,
         **optional,
@@ -362,6 +380,8 @@ class LatencyEstimate:
     segment_of: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     source: str = "estimate"
     estimated_ms: float | None = None
+    # why the toolchain would refuse to compile this config (on-chip memory), one line each; () = builds
+    infeasible: tuple[str, ...] = ()
 
     def breakdown(self) -> dict[str, float]:
         """Flat numbers for logging (MLflow metrics, TrialResult.latency_breakdown)."""
@@ -610,8 +630,17 @@ def estimate_latency(nodes: Sequence[NodeInfo], config: QuantConfig, target: Tar
     if count:
         segments.append((NPU if cur_dev else CPU, count, seg_ms))
 
+    infeasible = []
+    if target.onchip_bytes and target.whole_tensor_ops:
+        for i, name in enumerate(plan.names):
+            if plan.is_npu[i] and plan.op_types[i] in target.whole_tensor_ops:
+                io = int(plan.act[i] * _ACT_WIDTH[plan.precs[i]])
+                if io > target.onchip_bytes:
+                    infeasible.append(f"{plan.op_types[i]} {name}: io {io} B > on-chip memory {target.onchip_bytes} B "
+                                      f"at {plan.precs[i].value} (whole tensor on chip)")
     total = sum(per_node.values()) + boundary_ms + convert_ms + target.fixed_ms
     return LatencyEstimate(
+        infeasible=tuple(infeasible),
         total_ms=total,
         per_node=MappingProxyType(per_node),
         devices=MappingProxyType(devices),
