@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from autoq.app.cost_model import add_cost_model_parser
 from autoq.app.publish import finish_study
@@ -14,6 +15,7 @@ from autoq.app.verify import TOOLCHAINS, verify
 from autoq.config import TEMPLATE, load_config
 from autoq.demo.project import write_demo_project
 from autoq.errors import AutoqError, ConfigError
+from autoq.export import formats_help
 from autoq.export.run import export_pareto, export_trial
 from autoq.pipeline import Project
 from autoq.report.diagnose import run_diagnose
@@ -23,6 +25,7 @@ from autoq.results.front import format_pareto, pareto_rows
 from autoq.results.store import load_study
 from autoq.search.loop import prepare_study
 from autoq.search.sensitivity import run_sensitivity, sensitivity_table, write_outputs
+from autoq.surrogates.cost_model import TARGETS, load_target
 
 EXIT_USER_ERROR = 2
 
@@ -81,7 +84,8 @@ def _print_mlflow_hint(project) -> None:
     cfg = project.config
     print(
         f"\nOpen the runs:  mlflow ui --backend-store-uri {cfg.tracking_uri()}\n"
-        f"Export a point: autoq export --config {cfg.file} --trial N --format horizon -o out.yaml"
+        f"Export a point: autoq export --config {cfg.file} --trial N -o bundle/   "
+        f"(format {cfg.export.format or project.target.export_format}; autoq export --help lists the others)"
     )
 
 
@@ -139,16 +143,42 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """``-O KEY=VALUE`` flags -> options; values are read as YAML scalars (true, 2, bayes)."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"-O {pair!r}: write an exporter option as KEY=VALUE (see autoq export --help)")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     project = _project(args)
+    cfg = project.config
+    fmt = args.format or cfg.export.format or project.target.export_format
+    options = {**dict(cfg.export.options.get(fmt) or {}), **_export_options(args.option)}
     if args.pareto:
-        paths = export_pareto(project, fmt=args.format, out_dir=Path(args.output), log=_log)
+        paths = export_pareto(project, fmt=fmt, out_dir=Path(args.output), log=_log, **options)
     elif args.trial is not None:
-        paths = export_trial(project, trial=args.trial, fmt=args.format, out=Path(args.output))
+        paths = export_trial(project, trial=args.trial, fmt=fmt, out=Path(args.output), **options)
     else:
         raise ConfigError("autoq export needs --trial N (see `autoq pareto`) or --pareto")
+    folders = sorted({p.parent for p in paths})
+    print(f"{fmt}: wrote {len(paths)} files into {', '.join(str(f) for f in folders[:4])}"
+          + (f" ... ({len(folders)} folders)" if len(folders) > 4 else ""))
     for path in paths:
-        print(f"wrote {path}")
+        if path.name == "run.sh" or path.parent in folders[:1] and path.suffix not in (".npy", ".npz", ".bin", ".png"):
+            print(f"  {path}")
+    runs = [p for p in paths if p.name == "run.sh"]
+    if runs:
+        print(f"next: bash {runs[0]}" + (f"  (and {len(runs) - 1} more run.sh)" if len(runs) > 1 else ""))
     return 0
 
 
@@ -196,6 +226,14 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_formats() -> dict[str, list[str]]:
+    """Export format -> the built-in targets it is the default of."""
+    out: dict[str, list[str]] = {}
+    for name in TARGETS.names():
+        out.setdefault(load_target(name).export_format, []).append(name)
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autoq", description="Search how to quantize an ONNX detector for an edge NPU."
@@ -236,12 +274,17 @@ def build_parser() -> argparse.ArgumentParser:
     storage_options(p)
     p.set_defaults(func=cmd_pareto)
 
-    p = with_config(sub.add_parser("export", help="write a trial's configuration for a compiler"))
+    p = with_config(sub.add_parser(
+        "export", help="write a trial's bundle (config, model, calibration data, run.sh) for a compiler",
+        epilog=formats_help(_default_formats()), formatter_class=argparse.RawDescriptionHelpFormatter))
     which = p.add_mutually_exclusive_group()
     which.add_argument("--trial", type=int, help="trial number (see `autoq pareto`)")
-    which.add_argument("--pareto", action="store_true", help="export every Pareto-front trial into -o DIR")
-    p.add_argument("--format", "-f", default="horizon", help="export format (e.g. horizon)")
-    p.add_argument("-o", "--output", required=True, help="output file, or folder with --pareto")
+    which.add_argument("--pareto", action="store_true", help="export every Pareto-front trial into -o DIR/trial_<N>/")
+    p.add_argument("--format", "-f", default=None,
+                   help="export format (default: export.format, else the target's toolchain; list below)")
+    p.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an exporter option (repeatable; over export.options.<format> in autoq.yaml)")
+    p.add_argument("-o", "--output", required=True, help="bundle folder (with --pareto: one subfolder per trial)")
     storage_options(p)
     p.set_defaults(func=cmd_export)
 

@@ -139,6 +139,15 @@ class ToolchainsSection:
 
 
 @dataclass(frozen=True)
+class ExportSection:
+    """`autoq export` defaults: ``format`` (default: the target's ``export_format``) and per format its
+    exporter options, e.g. ``options: {axera-pulsar: {float_as_uint16: true}}`` (``-O KEY=VALUE`` wins)."""
+
+    format: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ProjectConfig:
     """The whole autoq.yaml; relative paths are resolved against the file's folder (``root``)."""
     file: Path
@@ -152,6 +161,7 @@ class ProjectConfig:
     search: SearchSection = field(default_factory=SearchSection)
     tracking: TrackingSection = field(default_factory=TrackingSection)
     toolchains: ToolchainsSection = field(default_factory=ToolchainsSection)
+    export: ExportSection = field(default_factory=ExportSection)
 
     @property
     def work_dir(self) -> Path:
@@ -193,6 +203,7 @@ _SECTIONS: dict[str, type] = {
     "search": SearchSection,
     "tracking": TrackingSection,
     "toolchains": ToolchainsSection,
+    "export": ExportSection,
 }
 
 
@@ -298,6 +309,11 @@ def _validate(cfg: ProjectConfig) -> None:
         must(key == "python", f"toolchains.rknn.{key}", "is not a known key; known keys of toolchains.rknn: python")
         must(isinstance(value, str) and bool(value), "toolchains.rknn.python",
              "must be the path of the RKNN-Toolkit2 environment's python (scripts/install-rknn-toolkit.sh VENV)")
+    for fmt, opts in dict(cfg.export.options).items():
+        must(isinstance(opts, Mapping), f"export.options.{fmt}",
+             "must map option -> value, e.g. export: {options: {horizon: {march: bayes}}} (see autoq export --help)")
+    must(cfg.export.format is None or isinstance(cfg.export.format, str), "export.format",
+         "must be a format name (see autoq export --help)")
     must(cfg.data.eval_images.is_dir(), "data.eval_images", f"folder not found: {cfg.data.eval_images}")
     if cfg.data.eval_annotations is not None:
         must(
@@ -464,4 +480,7 @@ tracking:
   # experiment: autoq                     # default: the study name
 # toolchains:                             # vendor tools for `autoq verify`, each in its own environment
 #   rknn: {python: ~/rknn-venv/bin/python}  # scripts/install-rknn-toolkit.sh ~/rknn-venv
+# export:                                 # `autoq export` defaults (autoq export --help lists formats, options)
+#   format: horizon                       # default: the target's toolchain
+#   options: {horizon: {march: bayes}}    # per format; -O KEY=VALUE on the command line wins
 """

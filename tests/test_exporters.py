@@ -50,9 +50,17 @@ def test_every_format_is_registered() -> None:
 
 
 def test_horizon_j6_golden_and_round_trip(tmp_path: Path) -> None:
-    files = export_config(ctx_for(), "horizon-j6", tmp_path / "j6", yaml_snippet=True)
-    path, side, snippet = files
+    import numpy as np
+    from checkers.horizon_j6 import check
+    from test_export_horizon import H, W, bundle_ctx
+
+    from autoq.data.preprocess import to_input
+
+    ctx = bundle_ctx(tmp_path)
+    files = export_config(ctx, "horizon-j6", tmp_path / "j6")
+    path, cfg, model, run, side, *tensors = files
     assert path.name == "yolox-nano_trial17_quant_config.json" and side.name.endswith(".json.autoq.txt")
+    assert cfg.name == "yolox-nano_trial17_hb_compile.yaml" and model.name == "model.onnx" and run.name == "run.sh"
     data = json.loads(path.read_text())
     assert data == {
         "model_config": {"all_node_type": "int8", "model_output_type": "int8",
@@ -60,26 +68,48 @@ def test_horizon_j6_golden_and_round_trip(tmp_path: Path) -> None:
         "op_config": {},
         "node_config": {NODES[1]: {"qtype": "int16"}, NODES[2]: {"qtype": "float32"}, NODES[3]: {"qtype": "int16"}},
     }
-    nodes, cal = read_horizon_j6(path)
+    nodes, cal = read_horizon_j6(tmp_path / "j6")
     assert nodes == listed(MIXED)
     assert cal == {"default": Precision.INT8, "model_output_type": "int8", "calibration_type": "max",
                    "max_percentile": pytest.approx(0.9999)}
-    assert yaml.safe_load(snippet.read_text())["calibration_parameters"]["quant_config"] == path.name
+    config = yaml.safe_load(cfg.read_text())
+    assert config["calibration_parameters"] == {"cal_data_dir": "./calibration_data", "quant_config": f"./{path.name}"}
+    assert config["model_parameters"]["onnx_model"] == "./model.onnx" and config["model_parameters"]["march"] == "nash-e"
+    assert f"hb_compile --config {cfg.name}" in run.read_text()
     for needle in ("study: yolox-nano", "trial: 17", "predicted mAP drop: 0.0123", "9.87 ms", "assumptions:"):
-        assert needle in side.read_text() and needle in snippet.read_text()
+        assert needle in side.read_text() and needle in cfg.read_text()
+    # calibration tensors: float32 NCHW raw pixels, exactly autoq's input before mean/std
+    arrays = np.stack([np.load(t)[0] for t in tensors])
+    assert arrays.dtype == np.float32 and arrays.shape == (3, 3, H, W)
+    assert np.array_equal(arrays, to_input(ctx.calib_images(), ctx.preprocess))
+    assert check(tmp_path / "j6") == []
 
 
-def test_horizon_j6_int16_default_and_float16(tmp_path: Path) -> None:
-    cfg = QuantConfig(default="int16", nodes={NODES[0]: "int8", NODES[4]: "float"})
-    [path, _] = export_config(ctx_for(cfg), "horizon-j6", tmp_path / "a.json", float_type="float16")
+def test_horizon_j6_int16_default_float16_and_output_types(tmp_path: Path) -> None:
+    from checkers.horizon_j6 import check
+    from test_export_horizon import bundle_ctx
+
+    cfg = QuantConfig(default="int16", nodes={NODES[0]: "int8", NODES[4]: "float"},
+                      calibration=Calibration(method="mse"))
+    [path, *_] = export_config(bundle_ctx(tmp_path, cfg), "horizon-j6", tmp_path / "a", float_type="float16")
     data = json.loads(path.read_text())
-    assert data["model_config"]["all_node_type"] == "int16"
+    assert data["model_config"]["all_node_type"] == "int16" and data["model_config"]["model_output_type"] == "int16"
+    assert data["model_config"]["activation"] == {"calibration_type": "kl"}  # mse -> nearest documented: kl
     assert data["node_config"] == {NODES[0]: {"qtype": "int8"}, NODES[4]: {"qtype": "float16"}}
     nodes, cal = read_horizon_j6(path)
     assert nodes == listed(cfg) and cal["default"] is Precision.INT16
+    assert check(tmp_path / "a") == []
+    floats = QuantConfig.uniform("float")
+    [path, *_] = export_config(bundle_ctx(tmp_path, floats), "horizon-j6", tmp_path / "f", float_type="float16")
+    assert json.loads(path.read_text())["model_config"]["model_output_type"] == "float32"  # never float16
+    with pytest.raises(ConfigError, match="model_output_type must be one of int8, int16, float32"):
+        export_config(bundle_ctx(tmp_path), "horizon-j6", tmp_path / "g", model_output_type="float16")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"node_config": {"x": {"qtype": "int4"}}}))
     with pytest.raises(ConfigError, match="int4"):
+        read_horizon_j6(bad)
+    bad.write_text(json.dumps({"model_config": {"activation": {"calibration_type": "default"}}}))
+    with pytest.raises(ConfigError, match="'default' is not one of"):
         read_horizon_j6(bad)
 
 
@@ -99,111 +129,80 @@ def test_prototxt_reader_subset_and_errors() -> None:
             parse_prototxt(bad)
 
 
-def _pulsar_descriptor_pool():
-    """A descriptor for the subset of Pulsar's config that autoq writes, for protobuf's own parser."""
-    from google.protobuf import descriptor_pb2, descriptor_pool
+def _axera_ctx(config: QuantConfig, tmp_path: Path, **kw):
+    """make_ctx on a real model (the Identity chain named NODES, input x 1x3x4x4) with two calibration images."""
+    import numpy as np
+    import onnx
 
-    F = descriptor_pb2.FieldDescriptorProto
-    fdp = descriptor_pb2.FileDescriptorProto(name="pulsar_subset.proto", package="ps", syntax="proto2")
-
-    def enum(name: str, *values: str) -> None:
-        e = fdp.enum_type.add(name=name)
-        for i, v in enumerate(values):
-            e.value.add(name=v, number=i)
-
-    def message(name: str, *fields: tuple) -> None:
-        m = fdp.message_type.add(name=name)
-        for i, (fname, ftype, type_name, repeated) in enumerate(fields, start=1):
-            f = m.field.add(name=fname, number=i, type=ftype,
-                            label=F.LABEL_REPEATED if repeated else F.LABEL_OPTIONAL)
-            if type_name:
-                f.type_name = f".ps.{type_name}"
-
-    S, I, E, M = F.TYPE_STRING, F.TYPE_INT32, F.TYPE_ENUM, F.TYPE_MESSAGE
-    enum("InputType", "INPUT_TYPE_UNKNOWN", "INPUT_TYPE_ONNX")
-    enum("OutputType", "OUTPUT_TYPE_UNKNOWN", "OUTPUT_TYPE_JOINT")
-    enum("Hardware", "TARGET_HARDWARE_UNKNOWN", "TARGET_HARDWARE_AX620", "TARGET_HARDWARE_AX630")
-    enum("ColorSpace", *(f"TENSOR_COLOR_SPACE_{c}" for c in ("UNKNOWN", "BGR", "RGB", "GRAY", "NV12", "NV21")))
-    enum("DataType", "DT_UNKNOWN", "UINT8", "INT8", "UINT16", "INT16")
-    enum("DatasetType", "DATASET_TYPE_UNKNOWN", "DATASET_TYPE_TAR")
-    enum("Strategy", "CALIB_STRATEGY_UNKNOWN", "CALIB_STRATEGY_PER_CHANNEL", "CALIB_STRATEGY_PER_TENSOR")
-    enum("Observer", "OBSVR_METHOD_UNKNOWN", "OBSVR_METHOD_MIN_MAX", "OBSVR_METHOD_MSE_CLIPPING")
-    message("Tensor", ("color_space", E, "ColorSpace", False))
-    message("Selector", ("op_name", S, None, True))
-    message("Attributes", ("input_feature_type", E, "DataType", False), ("weight_type", E, "DataType", False))
-    message("Item", ("selector", M, "Selector", False), ("attributes", M, "Attributes", False))
-    message("OperatorConf", ("operator_conf_items", M, "Item", True))
-    message("Dataset", ("path", S, None, False), ("type", E, "DatasetType", False), ("size", I, None, False),
-            ("batch_size", I, None, False), ("calibration_strategy", E, "Strategy", False),
-            ("observer_method", E, "Observer", False))
-    message("Neuwizard", ("operator_conf", M, "OperatorConf", False), ("dataset_conf_calibration", M, "Dataset", False))
-    message("Config", ("input_path", S, None, False), ("input_type", E, "InputType", False),
-            ("output_path", S, None, False), ("output_type", E, "OutputType", False),
-            ("target_hardware", E, "Hardware", False), ("src_input_tensors", M, "Tensor", True),
-            ("dst_input_tensors", M, "Tensor", True), ("neuwizard_conf", M, "Neuwizard", False))
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(fdp)
-    return pool.FindMessageTypeByName("ps.Config")
+    model_path = tmp_path / "tiny.onnx"
+    onnx.save(_tiny_onnx(), model_path)
+    return dataclasses.replace(make_ctx(config, **kw), model_path=model_path, input_name="x", input_shape=(1, 3, 4, 4),
+                               calib_images=lambda: np.zeros((2, 4, 4, 3), np.uint8))
 
 
-def test_pulsar_golden_protobuf_and_round_trip(tmp_path: Path) -> None:
-    from google.protobuf import message_factory, text_format
+def test_pulsar_golden_checker_and_round_trip(tmp_path: Path) -> None:
+    from checkers.pulsar import check
 
     pre = Preprocess(color="rgb")
-    [path] = export_config(ctx_for(INT16_ONLY, preprocess=pre), "axera-pulsar", tmp_path / "p", target_hardware="AX630")
-    assert path.name == "yolox-nano_trial17_pulsar.prototxt"
+    ctx = _axera_ctx(INT16_ONLY, tmp_path, preprocess=pre)
+    files = export_config(ctx, "axera-pulsar", tmp_path / "p", target_hardware="AX630")
+    path = files[0]
+    assert [f.name for f in files] == ["yolox-nano_trial17_pulsar.prototxt", "model.onnx", "calibration.tar", "run.sh"]
     text = path.read_text()
     assert text.startswith("# Axera Pulsar config.prototxt written by autoq\n# study: yolox-nano\n# trial: 17")
-    cls = message_factory.GetMessageClass(_pulsar_descriptor_pool())
-    msg = text_format.Parse(text, cls())  # protobuf's own strict parser accepts the file
-    assert msg.input_path == "/models/yolox_nano.onnx"
-    assert cls.DESCRIPTOR.fields_by_name["target_hardware"].enum_type.values_by_number[msg.target_hardware].name \
-        == "TARGET_HARDWARE_AX630"
-    items = msg.neuwizard_conf.operator_conf.operator_conf_items
-    assert [list(i.selector.op_name) for i in items] == [[NODES[0]], [NODES[4]]]
-    dataset = msg.neuwizard_conf.dataset_conf_calibration
-    assert dataset.path == "/data/calib_416.tar" and dataset.size == 32
+    assert check(tmp_path / "p") == []  # protobuf's own strict parser with the documented schema, and the rules
     raw = parse_prototxt(text)
-    assert raw["src_input_tensors"] == [{"color_space": ["TENSOR_COLOR_SPACE_RGB"]}]
+    assert raw["input_path"] == ["model.onnx"] and raw["target_hardware"] == ["TARGET_HARDWARE_AX630"]
+    assert raw["src_input_tensors"] == [{"tensor_name": ["x"], "color_space": ["TENSOR_COLOR_SPACE_RGB"]}]
     assert raw["neuwizard_conf"][0]["operator_conf"][0]["operator_conf_items"][0] == {
-        "selector": [{"op_name": [NODES[0]]}],
+        "selector": [{"op_name": ["t0"]}],  # the node's output tensor
         "attributes": [{"input_feature_type": ["UINT16"], "weight_type": ["INT8"]}],
     }
     nodes, cal = read_pulsar(path)
-    assert nodes == listed(INT16_ONLY)
+    assert nodes == {"t0": Precision.INT16, "t4": Precision.INT16}
     assert cal == {"default": Precision.INT8, "granularity": "per_tensor", "observer_method": "OBSVR_METHOD_MSE_CLIPPING",
-                   "path": "/data/calib_416.tar", "size": 32, "batch_size": 1}
+                   "path": "calibration.tar", "size": 2, "batch_size": 1}
+    files = export_config(ctx, "axera-pulsar", tmp_path / "n", op_name_from="node")
+    assert read_pulsar(files[0])[0] == listed(INT16_ONLY)
 
 
 def test_pulsar_float_nodes(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match=r"float nodes node: with#odd 'chars'; .*float_as_uint16"):
-        export_config(ctx_for(), "axera-pulsar", tmp_path / "x.prototxt")
-    assert not (tmp_path / "x.prototxt").exists()
-    [path] = export_config(ctx_for(), "axera-pulsar", tmp_path / "x.prototxt", float_as_uint16=True)
-    assert "# autoq: float node, written as UINT16" in path.read_text()
-    nodes, cal = read_pulsar(path)
+        export_config(_axera_ctx(MIXED, tmp_path), "axera-pulsar", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+    files = export_config(_axera_ctx(MIXED, tmp_path), "axera-pulsar", tmp_path / "x", float_as_uint16=True,
+                          op_name_from="node")
+    assert "# autoq: float node, written as UINT16" in files[0].read_text()
+    nodes, cal = read_pulsar(files[0])
     assert nodes == {NODES[1]: Precision.INT16, NODES[2]: Precision.INT16, NODES[3]: Precision.INT16}
     assert cal["granularity"] == "per_channel"
     cfg = QuantConfig(default="int16", nodes={NODES[0]: "int8"})  # whole model UINT16 + one UINT8 item
-    [path] = export_config(ctx_for(cfg), "axera-pulsar", tmp_path / "d.prototxt")
-    nodes, cal = read_pulsar(path)
+    files = export_config(_axera_ctx(cfg, tmp_path), "axera-pulsar", tmp_path / "d", op_name_from="node")
+    nodes, cal = read_pulsar(files[0])
     assert nodes == {NODES[0]: Precision.INT8} and cal["default"] is Precision.INT16
 
 
 # --------------------------------------------------------------------------- pulsar2
 
 
-def test_pulsar2_golden_and_round_trip(tmp_path: Path) -> None:
+def test_pulsar2_golden_checker_and_round_trip(tmp_path: Path) -> None:
+    from checkers.pulsar2 import check
+
     pre = Preprocess(color="rgb", mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
-    path, side = export_config(ctx_for(preprocess=pre), "axera-pulsar2", tmp_path / "p2")
+    with pytest.raises(ExportError, match=r"float Conv nodes node: with#odd 'chars'; .*float_conv=U16"):
+        export_config(_axera_ctx(MIXED, tmp_path, preprocess=pre), "axera-pulsar2", tmp_path / "p2")
+    ctx = dataclasses.replace(_axera_ctx(MIXED, tmp_path, preprocess=pre),
+                              node_ops={n: "Conv" for n in NODES} | {NODES[2]: "Sigmoid"})
+    path, side, *rest = export_config(ctx, "axera-pulsar2", tmp_path / "p2")
+    assert [p.name for p in rest] == ["model.onnx", "calibration.tar", "run.sh"]
     data = json.loads(path.read_text())
     assert (data["model_type"], data["npu_mode"], data["target_hardware"]) == ("ONNX", "NPU1", "AX650")
-    assert data["input"] == "/models/yolox_nano.onnx" and data["output_name"] == "yolox-nano_trial17.axmodel"
+    assert data["input"] == "model.onnx" and data["output_name"] == "yolox-nano_trial17.axmodel"
     quant = data["quant"]
     assert quant["calibration_method"] == "Percentile"
     assert quant["input_configs"] == [{
-        "tensor_name": "DEFAULT", "calibration_dataset": "/data/calib_416.tar", "calibration_format": "Image",
-        "calibration_size": 32, "calibration_mean": [123.675, 116.28, 103.53], "calibration_std": [58.395, 57.12, 57.375],
+        "tensor_name": "x", "calibration_dataset": "calibration.tar", "calibration_format": "Image",
+        "calibration_size": 2, "calibration_mean": [123.675, 116.28, 103.53], "calibration_std": [58.395, 57.12, 57.375],
     }]
     assert quant["layer_configs"] == [
         {"layer_name": NODES[1], "data_type": "U16"},
@@ -215,62 +214,77 @@ def test_pulsar2_golden_and_round_trip(tmp_path: Path) -> None:
     assert cal["default"] is Precision.INT8 and cal["calibration_method"] == "Percentile"
     assert cal["mean"] == [123.675, 116.28, 103.53]
     assert "predicted latency: 9.87 ms" in side.read_text()
+    assert check(tmp_path / "p2") == []
     cfg = QuantConfig(default="float", nodes={NODES[0]: "int8"}, calibration=Calibration(method="entropy"))
-    path, _ = export_config(ctx_for(cfg), "axera-pulsar2", tmp_path / "f.json")
+    path, *_ = export_config(_axera_ctx(cfg, tmp_path), "axera-pulsar2", tmp_path / "f", float_conv="U16")
     nodes, cal = read_pulsar2(path)
-    assert nodes == {NODES[0]: Precision.INT8}
-    assert cal["default"] is Precision.FLOAT and cal["calibration_method"] == "KL"
+    assert nodes == {n: Precision.INT16 for n in NODES[1:]}  # float Conv -> U16; never a whole-graph FP32 item
+    assert cal["default"] is Precision.INT8 and cal["calibration_method"] == "KL"
+    assert check(tmp_path / "f") == []
 
 
 # --------------------------------------------------------------------------- vastai
 
 
+def _bundle_ctx(tmp_path: Path, config: QuantConfig = MIXED, **kw):
+    """make_ctx with a real model file (Identity nodes named NODES) and calibration images."""
+    import numpy as np
+    import onnx
+
+    model_path = tmp_path / "m.onnx"
+    onnx.save(_tiny_onnx(), model_path)
+    return dataclasses.replace(make_ctx(config, **kw), model_path=model_path, input_shape=(1, 3, 4, 4),
+                               calib_images=lambda: np.zeros((2, 4, 4, 3), np.uint8),
+                               qdq_model=lambda: _tiny_onnx().SerializeToString())
+
+
 def test_vastai_golden_and_round_trip(tmp_path: Path) -> None:
-    [path] = export_config(ctx_for(FLOAT_ONLY), "vastai", tmp_path / "v")
+    # (strict checks on a real Conv/MatMul model: tests/test_export_vendors.py)
+    files = export_config(_bundle_ctx(tmp_path, FLOAT_ONLY), "vastai", tmp_path / "v")
+    path = files[0]
     data = yaml.safe_load(path.read_text())
     assert data["name"] == "yolox-nano_trial17"
-    assert data["frontend"] == {"shape": {"images": [1, 3, 416, 416]}, "type": "onnx",
-                                "checkpoint": "/models/yolox_nano.onnx", "dtype": "fp32"}
+    assert data["frontend"] == {"shape": {"images": [1, 3, 4, 4]}, "type": "onnx", "checkpoint": "model.onnx",
+                                "dtype": "fp32"}
     assert data["backend"] == {"type": "tvm_vacc", "dtype": "int8", "quantize": {
-        "calibrate_mode": "max", "quantize_per_channel": False, "exclude_layers": [1, 2]}}
-    assert data["dataset"]["path"] == "/data/calib_416"
+        "calibrate_mode": "max", "quantize_per_channel": False, "skip_conv_layers": [1, 2]}}
+    assert data["dataset"] == {"type": "tvm", "path": "calib", "sampler": {"suffix": "npz", "get_data_num": 2}}
     assert "ONNX graph order" in path.read_text().split("name:")[0]  # the indexing assumption, in the header
-    expected = listed(FLOAT_ONLY)
-    assert read_vastai(path)[0] == expected  # names from the '# autoq-layer' comments
-    nodes, cal = read_vastai(path, node_names=NODES)
-    assert nodes == expected
+    assert {f.name for f in files} == {path.name, "model.onnx", "run.sh", "0000.npz", "0001.npz"}
+    nodes, cal = read_vastai(path)  # names from the '# autoq-layer' comments
+    assert nodes == listed(FLOAT_ONLY)
     assert cal == {"default": Precision.INT8, "calibrate_mode": "max", "granularity": "per_tensor",
-                   "exclude_layers": [1, 2]}
+                   "skip_conv_layers": [1, 2], "skip_matmul_layers": []}
 
 
 def test_vastai_refuses_int16(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match=r"vamc has no int16: nodes /head/cls_convs.0/Conv, /head/reg_preds.0/Conv"):
-        export_config(ctx_for(), "vastai", tmp_path / "v.yaml")
-    assert not (tmp_path / "v.yaml").exists()
+        export_config(ctx_for(), "vastai", tmp_path / "v")
+    assert not (tmp_path / "v").exists()
 
 
 # --------------------------------------------------------------------------- ascend
 
 
 def test_ascend_golden_and_round_trip(tmp_path: Path) -> None:
-    amct, keep, side = export_config(ctx_for(), "ascend", tmp_path / "a")
-    assert keep.name == "yolox-nano_trial17_keep_dtype.txt"
-    data = json.loads(amct.read_text())
-    assert {k: data[k] for k in ("version", "batch_num", "activation_offset", "do_fusion", "skip_fusion_layers")} == {
-        "version": 1, "batch_num": 1, "activation_offset": True, "do_fusion": True, "skip_fusion_layers": []}
-    assert data[NODES[2]] == {"quant_enable": False}
-    assert data[NODES[1]]["activation_quant_params"]["num_bits"] == 16
-    assert data[NODES[0]]["activation_quant_params"]["num_bits"] == 8
-    assert data[NODES[0]]["weight_quant_params"] == {"wts_algo": "arq_quantize", "channel_wise": True, "num_bits": 8}
-    assert read_keep_dtype(keep) == [NODES[2]]
+    # (strict checks on a real Conv/Gemm/MatMul model: tests/test_export_vendors.py)
+    files = export_config(_bundle_ctx(tmp_path), "ascend", tmp_path / "a")
+    amct = files[0]
+    assert amct.name == "yolox-nano_trial17_amct.cfg"
+    assert {f.name for f in files} == {amct.name, "model.onnx", "run.sh", "0000.bin", "0001.bin"}
+    text = amct.read_text()
+    assert "trial: 17" in text
+    assert not text.lstrip("#").lstrip().startswith("{")  # proto text, never JSON
     nodes, cal = read_ascend(amct)
-    assert nodes == MIXED.assignment(NODES)  # AMCT lists every quantizable node
-    assert cal == {"granularity": "per_channel", "max_percentile": pytest.approx(0.9999), "batch_num": 1,
-                   "activation_offset": True}
-    assert "trial: 17" in side.read_text()
-    ctx = dataclasses.replace(ctx_for(), node_ops={n: "Conv" for n in NODES} | {NODES[3]: "Add"})
-    with pytest.raises(ExportError, match=r"nodes /head/reg_preds.0/Conv are other op types"):
+    assert nodes == {NODES[2]: Precision.FLOAT, NODES[1]: Precision.INT16, NODES[3]: Precision.INT16}
+    assert cal == {"granularity": "per_channel", "max_percentile": pytest.approx(0.9999), "batch_num": 2,
+                   "activation_offset": True, "per_tensor_layers": []}
+    run = (tmp_path / "a" / "run.sh").read_text()
+    assert "--calibration_config=yolox-nano_trial17_amct.cfg" in run and ".json" not in run
+    ctx = dataclasses.replace(_bundle_ctx(tmp_path), node_ops={n: "Conv" for n in NODES} | {NODES[3]: "MatMul"})
+    with pytest.raises(ExportError, match=r"nodes /head/reg_preds.0/Conv \(MatMul\) would be int8"):
         export_config(ctx, "ascend", tmp_path / "b")
+    assert read_keep_dtype is not None
 
 
 # --------------------------------------------------------------------------- rknn
@@ -358,20 +372,22 @@ def test_onnx_qdq_writes_loadable_model(tmp_path: Path) -> None:
 
 
 def test_tensorrt_golden_and_round_trip(tmp_path: Path) -> None:
-    [path] = export_config(ctx_for(), "tensorrt", tmp_path / "t", calib_cache="calib.cache")
-    text = path.read_text()
-    assert text.startswith("#!/bin/sh\n# trtexec command written by autoq")
-    assert "TensorRT has no int16: int16 nodes are built fp16" in text
-    words = shlex.split(text.replace("\\\n", " "), comments=True)
+    # (strict checks and the QDQ rewrite on a real model: tests/test_export_vendors.py)
+    run, model = export_config(_bundle_ctx(tmp_path), "tensorrt", tmp_path / "t")
+    text = run.read_text()
+    assert text.startswith("#!/usr/bin/env bash\n# TensorRT build command written by autoq")
+    assert "TensorRT has no int16: int16 nodes lose their Q/DQ and run fp16" in text
+    words = shlex.split(text, comments=True)
     assert words[words.index("trtexec"):] == [
-        "trtexec", "--onnx=/models/yolox_nano.onnx", "--int8", "--fp16", "--precisionConstraints=obey",
-        f"--layerPrecisions={NODES[1]}:fp16,{NODES[2]}:fp32,{NODES[3]}:fp16,*:int8",
-        "--saveEngine=yolox-nano_trial17.engine", "--calib=calib.cache",
+        "trtexec", "--onnx=model_qdq.onnx", "--int8", "--fp16", "--precisionConstraints=obey",
+        f"--layerPrecisions={NODES[1]}:fp16,{NODES[2]}:fp32,{NODES[3]}:fp16",
+        "--saveEngine=yolox-nano_trial17.engine",
     ]
-    nodes, cal = read_tensorrt(path)
+    nodes, cal = read_tensorrt(run)
     assert nodes == listed(MIXED)
-    assert cal == {"default": Precision.INT8, "calib": "calib.cache", "precision_constraints": "obey",
-                   "onnx": "/models/yolox_nano.onnx", "flags": ["int8", "fp16"]}
+    assert cal == {"onnx": "model_qdq.onnx", "precision_constraints": "obey", "engine": "yolox-nano_trial17.engine",
+                   "flags": ["int8", "fp16"]}
+    assert model.name == "model_qdq.onnx"
 
 
 # --------------------------------------------------------------------------- shared rules
@@ -398,8 +414,8 @@ def test_unknown_format_lists_every_builtin(tmp_path: Path) -> None:
 
 def test_export_pareto_writes_one_folder_per_front_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     optuna = pytest.importorskip("optuna")
-    import autoq.export.run as run
     import autoq.trial_record as record
+    from autoq.export import run
 
     study = optuna.create_study(study_name="yolox-nano", directions=["minimize", "minimize"])
     configs = [MIXED, FLOAT_ONLY, QuantConfig.uniform("int8"), QuantConfig.uniform("float")]
@@ -408,24 +424,24 @@ def test_export_pareto_writes_one_folder_per_front_trial(tmp_path: Path, monkeyp
         study.add_trial(optuna.trial.create_trial(values=list(v), user_attrs={record.CONFIG_ATTR: cfg.to_dict()}))
     monkeypatch.setattr(run, "load_study", lambda project: study)
     monkeypatch.setattr(run, "trial_context", lambda project, s, t: dataclasses.replace(
-        ctx_for(record.trial_config(t)), trial=t.number, map_drop=t.values[0], latency_ms=t.values[1]))
+        _bundle_ctx(tmp_path, record.trial_config(t)), trial=t.number, map_drop=t.values[0],
+        latency_ms=t.values[1]))
 
     files = run.export_pareto(object(), fmt="tensorrt", out_dir=tmp_path / "front")
-    assert [p.relative_to(tmp_path / "front").as_posix() for p in files] == [
-        "trial_2/yolox-nano_trial2_trtexec.sh", "trial_1/yolox-nano_trial1_trtexec.sh",
-        "trial_0/yolox-nano_trial0_trtexec.sh"]  # by latency; trial 3 is dominated
-    assert read_tensorrt(files[1])[0] == listed(FLOAT_ONLY)
+    assert [p.relative_to(tmp_path / "front").as_posix() for p in files if p.name == "run.sh"] == [
+        "trial_2/run.sh", "trial_1/run.sh", "trial_0/run.sh"]  # by latency; trial 3 is dominated
+    assert read_tensorrt(files[2])[0] == listed(FLOAT_ONLY)
     said: list[str] = []
     files = run.export_pareto(object(), fmt="vastai", out_dir=tmp_path / "v", log=said.append)
-    assert sorted(p.parent.name for p in files) == ["trial_1", "trial_2"]  # trial 0 has int16 nodes
+    assert sorted({p.relative_to(tmp_path / "v").parts[0] for p in files}) == ["trial_1", "trial_2"]  # 0: int16
     assert len(said) == 1 and "trial 0" in said[0] and "vamc has no int16" in said[0]
     assert not (tmp_path / "v" / "trial_0").exists()
 
 
 def test_export_pareto_fails_when_no_front_trial_fits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     optuna = pytest.importorskip("optuna")
-    import autoq.export.run as run
     import autoq.trial_record as record
+    from autoq.export import run
 
     study = optuna.create_study(study_name="m", directions=["minimize", "minimize"])
     study.add_trial(optuna.trial.create_trial(values=[0.0, 1.0], user_attrs={record.CONFIG_ATTR: MIXED.to_dict()}))

@@ -17,7 +17,7 @@ from typing import Any
 from autoq.errors import ConfigError
 from autoq.export.base import EXPORTERS, ExportContext, Exporter
 
-__all__ = ["EXPORTERS", "ExportContext", "Exporter", "export_config"]
+__all__ = ["EXPORTERS", "ExportContext", "Exporter", "export_config", "format_options", "formats_help"]
 
 
 def export_config(ctx: ExportContext, fmt: str, out: Path, **options: Any) -> list[Path]:
@@ -32,6 +32,24 @@ def export_config(ctx: ExportContext, fmt: str, out: Path, **options: Any) -> li
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     return [Path(p) for p in writer(ctx, out, **options)]
+
+
+def format_options(fmt: str) -> dict[str, Any]:
+    """The keyword options of export format ``fmt`` and their defaults."""
+    params = inspect.signature(EXPORTERS.get(fmt, key="export.format")).parameters
+    return {n: p.default for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def formats_help(defaults: dict[str, list[str]]) -> str:
+    """``autoq export --help``'s list: each built-in format, the targets it is the default of, its options."""
+    lines = ["formats (default: the target's toolchain; options as -O KEY=VALUE or export.options.<format>):"]
+    for fmt in EXPORTERS.names():
+        targets = ", ".join(defaults.get(fmt, []))
+        lines.append(f"  {fmt}" + (f"  (default for {targets})" if targets else ""))
+        opts = ", ".join(f"{k}={v!r}" for k, v in format_options(fmt).items())
+        if opts:
+            lines.append(f"      {opts}")
+    return "\n".join(lines)
 
 
 def _check_options(writer: Exporter, fmt: str, options: dict[str, Any]) -> None:

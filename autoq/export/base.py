@@ -69,6 +69,8 @@ class ExportContext:
             trial's size (uint8 NHWC, the model's colour order, no mean/std), for formats that ship
             their own calibration inputs (``rknn``).
         qdq_model: builds the trial's QDQ ONNX (serialized) on demand; only ``onnx-qdq`` needs it.
+        toolchain_decides: nodes whose precision the target's toolchain fixes by itself (one precision in
+            its capability table, e.g. an op it always runs on the CPU): exporters need not list them.
     """
 
     config: QuantConfig
@@ -86,6 +88,7 @@ class ExportContext:
     calib_dir: Path | None = None
     calib_images: Callable[[], np.ndarray] | None = None
     qdq_model: Callable[[], bytes] | None = None
+    toolchain_decides: frozenset[str] = frozenset()
 
     def assignment(self) -> dict[str, Precision]:
         """Precision of every quantizable node, in graph order."""

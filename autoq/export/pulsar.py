@@ -1,45 +1,78 @@
-"""Axera Pulsar (AX620A / AX630A) ``config.prototxt`` for ``pulsar build``.
+"""Axera Pulsar (AX620A / AX630A): the bundle ``autoq export --format axera-pulsar -o DIR`` writes.
 
-What a trial decides maps onto Pulsar like this:
+The folder holds everything ``pulsar build`` reads, with paths relative to it:
+
+* ``<label>_pulsar.prototxt``: the config (``input_path: "model.onnx"``; Pulsar resolves it from
+  the config's folder, pulsar-docs ``source/test_configs/config.rst`` "input_path");
+* ``model.onnx``: the model the selectors name (the trial's resolution and variant);
+* ``calibration.tar``: the calibration images autoq calibrated on, as PNG (lossless), already
+  resized/letterboxed to the model's input size (Pulsar's own resize is then a no-op), in true
+  colours (a standard PNG reader sees them as they are; Pulsar converts to ``src_input_tensors``'
+  colour space); ``dataset_conf_calibration { path type: DATASET_TYPE_TAR size }`` names it;
+* ``run.sh``: ``pulsar build --input model.onnx --output <label>.joint --config <cfg>
+  --output_config output_config.prototxt --target_hardware AX620``.
+
+What a trial decides maps onto the config like this:
 
 * int16 nodes -> ``neuwizard_conf.operator_conf.operator_conf_items`` with
-  ``selector { op_name: "<node>" } attributes { input_feature_type: UINT16 weight_type: INT8 }``;
+  ``selector { op_name: "<name>" } attributes { input_feature_type: UINT16 weight_type: INT8 }``
+  (pulsar-docs ``user_guides_advanced/advanced_guides.rst`` "16bit 量化");
+* ``op_name`` is the node's *output tensor* name by default (``op_name_from="output_tensor"``):
+  the selectors Pulsar itself writes (mixbit search output, same guide) are tensor names
+  (``op_name: "192"``), and the selector of ``input_conf_items`` is documented as "the full name
+  of the tensor"; ``op_name_from="node"`` writes ONNX node names instead;
 * int8 is Pulsar's default and is not listed; a trial whose default is int16 gets one item with an
   empty selector (= the whole model) at UINT16 and per-node UINT8 items for its int8 nodes;
 * float nodes: Pulsar's config has no per-node CPU fallback, so they are refused
-  (``ExportError`` naming them) unless ``float_as_uint16=True``, which writes them as UINT16 (the
-  most accurate thing the NPU can do) with a comment on each item; read back they are int16;
+  (``ExportError`` naming them and the option) unless ``float_as_uint16=True``, which writes them
+  as UINT16 (the most accurate thing the NPU can do) with a comment on each item; read back they
+  are int16;
 * weight granularity -> ``calibration_strategy`` CALIB_STRATEGY_PER_CHANNEL | PER_TENSOR;
 * the range method -> ``observer_method``: minmax -> OBSVR_METHOD_MIN_MAX, anything else ->
-  OBSVR_METHOD_MSE_CLIPPING (nearest equivalent, noted in a comment).
+  OBSVR_METHOD_MSE_CLIPPING (nearest equivalent, noted in a comment);
+* colours: ``src_input_tensors`` describes model.onnx's input (the model's colour order),
+  ``dst_input_tensors`` what the built ``.joint`` is fed (``runtime_color_space``, default the same);
+* mean/std -> ``input_conf_items { attributes { input_modifications { input_normalization
+  { mean std } } } }`` (0..255 units, the order of ``src_input_tensors``' colour space = the
+  model's), when the model does not take raw pixels.
 
 Written with `autoq.export.prototxt`; the header comment has provenance and assumptions.
 """
 
 from __future__ import annotations
 
+import io
+import tarfile
 from pathlib import Path
 from typing import Any
+
+import cv2
+import numpy as np
+import onnx
 
 from autoq.errors import ConfigError, ExportError
 from autoq.export.base import (
     EXPORTERS,
     ExportContext,
+    bundle_dir,
     check_choice,
     check_model_nodes,
     comment_block,
+    copy_model,
     header_lines,
     join_names,
-    out_file,
     precision_counts,
+    write_run_script,
 )
 from autoq.export.prototxt import Ident, dump_prototxt, parse_prototxt
 from autoq.plan import Precision
 
-__all__ = ["read_pulsar", "write_pulsar"]
+__all__ = ["node_output_names", "read_pulsar", "write_calibration_tar", "write_pulsar"]
 
 TARGETS = ("AX620", "AX630")
 COLOR_SPACES = ("BGR", "RGB", "GRAY", "NV12", "NV21")
+OP_NAME_FROM = ("output_tensor", "node")
+CALIBRATION_TAR = "calibration.tar"
 _FEATURE = {Precision.INT8: "UINT8", Precision.INT16: "UINT16"}
 
 
@@ -49,34 +82,52 @@ def write_pulsar(
     out: Path,
     *,
     target_hardware: str = "AX620",
-    src_color_space: str | None = None,
+    runtime_color_space: str | None = None,
     float_as_uint16: bool = False,
-    calibration_tar: str | None = None,
-    calibration_size: int = 32,
+    op_name_from: str = "output_tensor",
+    calibration_size: int | None = None,
     batch_size: int = 1,
     output_path: str | None = None,
 ) -> list[Path]:
-    """Writes ``<label>_pulsar.prototxt``; returns ``[path]``.
+    """Writes the bundle (config, model.onnx, calibration.tar, run.sh) into the folder ``out``.
 
-    ``src_color_space`` is what the runtime feeds (default: the model's colour order; NV12/NV21
-    allowed). ``calibration_tar`` defaults to ``<calib_dir>.tar`` (Pulsar reads a tar of images).
-    ``float_as_uint16`` writes float nodes as UINT16 instead of refusing them.
+    ``target_hardware``: AX620 or AX630. ``runtime_color_space``: what the built model is fed
+    (``dst_input_tensors``; default: the model's colour order; NV12/NV21 allowed). ``float_as_uint16``: write float nodes as UINT16
+    (Pulsar has no per-node float fallback; without it a trial with float nodes is refused).
+    ``op_name_from``: operator_conf_items selectors name the node's output tensor
+    (``output_tensor``, default) or the ONNX node (``node``). ``calibration_size``: images Pulsar
+    samples (default: all images written). ``batch_size``: calibration batch size.
+    ``output_path``: the ``.joint`` to build (default ``<label>.joint``).
+    Returns the files written, the config first.
     """
     check_choice("target_hardware", target_hardware, TARGETS)
-    dst_color = ctx.preprocess.color.upper()
-    src_color = (src_color_space or dst_color).upper()
-    check_choice("src_color_space", src_color, COLOR_SPACES)
-    if calibration_size < 1 or batch_size < 1:
+    check_choice("op_name_from", op_name_from, OP_NAME_FROM)
+    model_color = ctx.preprocess.color.upper()
+    runtime_color = (runtime_color_space or model_color).upper()
+    check_choice("runtime_color_space", runtime_color, COLOR_SPACES)
+    if batch_size < 1 or (calibration_size is not None and calibration_size < 1):
         raise ConfigError("export options calibration_size and batch_size must be >= 1")
     check_model_nodes(ctx)
 
     assignment = ctx.assignment()
-    floats = [n for n, p in assignment.items() if p is Precision.FLOAT]
+    floats = [n for n, p in assignment.items() if p is Precision.FLOAT and n not in ctx.toolchain_decides]
     if floats and not float_as_uint16:
         raise ExportError(
             f"Pulsar has no per-node float (CPU) fallback: float nodes {join_names(floats)}; pick a trial "
-            "without float nodes or pass float_as_uint16=True to run them as UINT16"
+            "without float nodes or set the export option float_as_uint16 (runs them as UINT16 on the NPU)"
         )
+    if ctx.calib_images is None:
+        raise ExportError("axera-pulsar ships the calibration images in the bundle (Pulsar calibrates itself); "
+                          "export from a project (autoq export)")
+    outputs = node_output_names(ctx.model_path) if op_name_from == "output_tensor" else {}
+
+    def selector_name(node: str) -> str:
+        if op_name_from == "node":
+            return node
+        names = outputs.get(node)
+        if not names:
+            raise ExportError(f"node {node!r} is not in {ctx.model_path}; export the trial with its own model")
+        return names[0]
 
     def as_npu(p: Precision) -> Precision:
         return Precision.INT16 if p is Precision.FLOAT else p
@@ -90,24 +141,35 @@ def write_pulsar(
         whole["selector"] = {}
         whole["attributes"] = {"input_feature_type": Ident("UINT16"), "weight_type": Ident("INT8")}
         items.append(whole)
+    multi = []
     for name, p in assignment.items():
-        if as_npu(p) is default:
+        if as_npu(p) is default or name in ctx.toolchain_decides:  # Pulsar places those itself
             continue
         item: dict[str, Any] = {}
         if p is Precision.FLOAT:
             item["#"] = "autoq: float node, written as UINT16 (Pulsar has no per-node float fallback)"
-        item["selector"] = {"op_name": name}
+        if op_name_from == "output_tensor" and len(outputs.get(name, ())) > 1:
+            multi.append(name)
+        if op_name_from == "output_tensor":
+            item["#node"] = f"node: {name}"
+        item["selector"] = {"op_name": selector_name(name)}
         item["attributes"] = {"input_feature_type": Ident(_FEATURE[as_npu(p)]), "weight_type": Ident("INT8")}
         items.append(item)
+
+    folder = bundle_dir(out, "axera-pulsar")
+    images = ctx.calib_images()
+    n_images = len(images)
+    if n_images == 0:
+        raise ExportError("no calibration images to write; check data.calib_images in autoq.yaml")
+    size = n_images if calibration_size is None else min(int(calibration_size), n_images)
 
     cal = ctx.config.calibration
     method = (cal.method or "minmax").lower()
     observer = "OBSVR_METHOD_MIN_MAX" if method in ("minmax", "max") else "OBSVR_METHOD_MSE_CLIPPING"
-    tar = calibration_tar or (f"{ctx.calib_dir}.tar" if ctx.calib_dir is not None else "./calibration.tar")
     dataset: dict[str, Any] = {
-        "path": tar,
+        "path": CALIBRATION_TAR,
         "type": Ident("DATASET_TYPE_TAR"),
-        "size": int(calibration_size),
+        "size": size,
         "batch_size": int(batch_size),
         "calibration_strategy": Ident(
             "CALIB_STRATEGY_PER_CHANNEL" if cal.granularity == "per_channel" else "CALIB_STRATEGY_PER_TENSOR"
@@ -117,48 +179,97 @@ def write_pulsar(
         dataset["#"] = f"autoq: nearest equivalent of range method {cal.method!r}"
     dataset["observer_method"] = Ident(observer)
 
-    neuwizard: dict[str, Any] = {}
+    pre = ctx.preprocess
+    operator_conf: dict[str, Any] = {}
+    if not pre.is_raw():
+        operator_conf["input_conf_items"] = {
+            "#": "autoq: the model takes (pixel - mean) / std, mean/std in 0..255 units and the model's colour order",
+            "selector": {"op_name": ctx.input_name},
+            "attributes": {"input_modifications": {"input_normalization": {
+                "mean": [float(m) for m in pre.mean], "std": [float(s) for s in pre.std]}}},
+        }
     if items:
-        neuwizard["operator_conf"] = {"operator_conf_items": items}
+        operator_conf["operator_conf_items"] = items
+    neuwizard: dict[str, Any] = {}
+    if operator_conf:
+        neuwizard["operator_conf"] = operator_conf
     neuwizard["dataset_conf_calibration"] = dataset
+    joint = output_path or f"{ctx.label()}.joint"
     body = {
-        "input_path": str(ctx.model_path),
+        "input_path": "model.onnx",
         "input_type": Ident("INPUT_TYPE_ONNX"),
-        "output_path": output_path or f"{ctx.label()}.joint",
+        "output_path": joint,
         "output_type": Ident("OUTPUT_TYPE_JOINT"),
         "target_hardware": Ident(f"TARGET_HARDWARE_{target_hardware}"),
-        "src_input_tensors": {"color_space": Ident(f"TENSOR_COLOR_SPACE_{src_color}")},
-        "dst_input_tensors": {"color_space": Ident(f"TENSOR_COLOR_SPACE_{dst_color}")},
+        "src_input_tensors": {"tensor_name": ctx.input_name, "color_space": Ident(f"TENSOR_COLOR_SPACE_{model_color}")},
+        "dst_input_tensors": {"tensor_name": ctx.input_name,
+                              "color_space": Ident(f"TENSOR_COLOR_SPACE_{runtime_color}")},
         "neuwizard_conf": neuwizard,
     }
 
-    pre = ctx.preprocess
     _, _, h, w = (tuple(ctx.input_shape) + (0, 0, 0, 0))[:4]
     counts = precision_counts(ctx)
-    assumptions = [
-        f"op_name selectors are node names of {ctx.model_path}; check pulsar's log for names it cannot match",
-        "int8 (UINT8 features, INT8 weights) is Pulsar's default and is not listed",
-        f"the calibration tar holds {pre.color} images resized to {h}x{w} the way autoq does "
-        f"({pre.resize}); if {tar} does not exist, tar the calibration images into it",
-    ]
+    path = folder / f"{ctx.label()}_pulsar.prototxt"
+    command = (f"pulsar build --input model.onnx --output {joint} --config {path.name} "
+               f"--output_config output_config.prototxt --target_hardware {target_hardware}")
+    if op_name_from == "output_tensor":
+        names_note = ("op_name selectors are the output tensor names of the nodes in model.onnx (Pulsar's own mixbit "
+                      "output names tensors); pass op_name_from=node for ONNX node names; check pulsar's log for "
+                      "names it cannot match")
+    else:
+        names_note = "op_name selectors are the ONNX node names of model.onnx; check pulsar's log for names it cannot match"
+    calib_note = (f"{CALIBRATION_TAR} holds {n_images} PNG images, {pre.color} content stored in true colours, already "
+                  f"at {h}x{w} ({pre.resize}) exactly as autoq calibrated (Pulsar's resize is then a no-op); "
+                  f"dataset size {size} (Pulsar samples that many at random)")
+    assumptions = [names_note, "int8 (UINT8 features, INT8 weights) is Pulsar's default and is not listed", calib_note]
     if not pre.is_raw():
-        assumptions.append(
-            f"the model expects (pixel - mean) / std with mean {list(pre.mean)} std {list(pre.std)}: this is not "
-            "written here; add it to the ONNX or to Pulsar's input_conf_items before building"
-        )
+        assumptions.append(f"input_normalization mean {list(pre.mean)} std {list(pre.std)} (0..255 units, "
+                           f"{model_color} order, the order of src_input_tensors' colour space)")
     if floats:
-        assumptions.append(f"float_as_uint16: {len(floats)} float nodes run as UINT16 on the NPU, not on the CPU "
+        assumptions.append(f"float_as_uint16: {len(floats)} float nodes run as UINT16 on the NPU, not in float "
                            "as autoq measured them")
+    if multi:
+        assumptions.append(f"nodes with several outputs are selected by their first output: {join_names(multi)}")
     header = header_lines(
         ctx,
         "Axera Pulsar config.prototxt",
         counts=f"{counts['int8']} int8, {counts['int16']} int16, {counts['float']} float",
         assumptions=assumptions,
-        run=f"pulsar build --input {ctx.model_path} --output {body['output_path']} --config <this file>",
+        run=f"./run.sh  ({command})",
     )
-    path = out_file(ctx, out, "_pulsar.prototxt")
     path.write_text(comment_block(header) + "\n" + dump_prototxt(body), encoding="utf-8")
-    return [path]
+    model = copy_model(ctx, folder)
+    tar = write_calibration_tar(images, folder / CALIBRATION_TAR, pre.color)
+    script = write_run_script(folder, [command], comment=[f"Axera Pulsar build of {ctx.label()} (written by autoq)"])
+    return [path, model, tar, script]
+
+
+def node_output_names(model_path: Path) -> dict[str, list[str]]:
+    """ONNX node name -> its output tensor names (``ExportError`` when the model cannot be read)."""
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - any load failure means "cannot name tensors"
+        raise ExportError(f"cannot read {model_path} to name the nodes' tensors ({exc}); pass op_name_from=node "
+                          "or export from a project") from None
+    return {n.name: [o for o in n.output if o] for n in model.graph.node}
+
+
+def write_calibration_tar(images: np.ndarray, path: Path, color: str) -> Path:
+    """``images`` (uint8 NHWC in the model's colour order ``color``) as lossless PNG members
+    ``0000.png``... of the tar ``path``, stored in true colours (a PNG reader sees RGB as RGB).
+    Deterministic (fixed mtimes) so re-exports are byte-identical."""
+    with tarfile.open(path, "w") as tar:
+        for k, image in enumerate(images):
+            bgr = image[..., ::-1] if color == "rgb" else image
+            ok, data = cv2.imencode(".png", np.ascontiguousarray(bgr))
+            if not ok:
+                raise ExportError(f"cannot encode calibration image {k} as PNG")
+            raw = data.tobytes()
+            info = tarfile.TarInfo(f"{k:04d}.png")
+            info.size = len(raw)
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(raw))
+    return path
 
 
 def read_pulsar(path: Path) -> tuple[dict[str, Precision], dict[str, Any]]:

@@ -1,44 +1,72 @@
-"""Vastai ``vamc`` build YAML (VastModelZOO style): int8 with float nodes kept as fp16.
+"""Vastai ``vamc`` bundle (VastModelZOO build-YAML style): int8 with float Conv/MatMul layers kept fp16.
+
+``autoq export --format vastai -o DIR`` writes::
+
+    DIR/<label>_vamc.yaml   the build config (``vamc compile <label>_vamc.yaml``)
+    DIR/model.onnx          the model it names (frontend.checkpoint, relative)
+    DIR/calib/0000.npz ...  calibration inputs: one npz per image, key = the model's input name,
+                            float32 (1, 3, H, W) = autoq's exact model input (letterbox/resize,
+                            colour order, mean/std: ``to_input(ctx.calib_images(), ctx.preprocess)``)
+    DIR/run.sh              ``vamc compile <label>_vamc.yaml``
 
 What a trial decides maps onto vamc like this:
 
-* int8 -> ``backend.dtype: int8``; float nodes -> ``backend.quantize.exclude_layers`` (kept fp16);
-* int16 has no vamc counterpart: such a trial is refused (``ExportError`` naming the nodes);
-* an all-float trial -> ``backend.dtype: fp16`` without a quantize section;
-* weight granularity -> ``quantize_per_channel``; the range method -> ``calibrate_mode``
-  (minmax -> max, everything else -> percentile, noted in a comment).
+* int8 -> ``backend.dtype: int8``; an all-float trial -> ``backend.dtype: fp16`` (no quantize, no dataset);
+* float Conv nodes -> ``quantize.skip_conv_layers``: the 0-based index among the model's **Conv**
+  nodes in ONNX graph order (vamc/TVM count ``conv2d`` layers: VastModelZOO
+  ``cv/detection/yolov12/build_in/build/official_yolov12_int8.yaml``); float MatMul nodes ->
+  ``quantize.skip_matmul_layers`` (index among MatMul nodes; VastModelZOO
+  ``cv/text_recognition/ppocr_v4_rec/build_in/build/ppocr_v4_rec.yaml``). Each index is followed
+  by a ``# autoq-layer <i>: <node>`` comment;
+* float nodes of any other type have no per-layer vamc list (``exclude_layers`` counts vamc's own
+  layers, not ONNX nodes): refused (``ExportError``) unless ``other_float="int8"`` lets vamc quantize
+  them (then listed in the header);
+* int16 has no vamc counterpart: refused;
+* ``calibrate_mode``: minmax -> max, percentile -> percentile, mse -> mse, kl -> kl_divergence;
+  weight granularity -> ``quantize_per_channel``.
 
-``exclude_layers`` takes vamc's integer layer ids, not names. **Indexing assumption**: autoq writes
-the 0-based index of the node among the model's quantizable nodes (``ExportContext.node_names``:
-Conv, ConvTranspose, Gemm, MatMul, ... that take a float input) in ONNX graph order. Each index is
-followed by a ``# autoq-layer <i>: <node name>`` comment so `read_vastai` (and a person) can map it
-back; check vamc's layer listing before trusting the ids.
+Calibration data: the ``tvm`` dataset reads ``.npz`` files keyed by input name when
+``sampler.suffix: npz`` (VastModelZOO ``cv/detection_3d/center_point/build_in/build/official_kitti_center_point.yaml``,
+``nlp/sentence_classification/bert/modelscope/build_in/build/bert_modelscope.yaml``); such configs
+carry no ``process_ops`` because the tensors are already preprocessed. This is exact: vamc's image
+``process_ops`` (``Resize adaptive_side: long`` + ``Pad pad_to_square``) cannot be shown to pad at
+the top-left with autoq's pad value, so images would not be.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import yaml
+
+from autoq.data.preprocess import to_input
 from autoq.errors import ConfigError, ExportError
 from autoq.export.base import (
     EXPORTERS,
     ExportContext,
+    bundle_dir,
+    check_choice,
     check_model_nodes,
     comment_block,
+    copy_model,
     header_lines,
     join_names,
     one_line,
-    out_file,
     precision_counts,
+    write_run_script,
 )
 from autoq.plan import Precision
 
-__all__ = ["INDEXING", "read_vastai", "write_vastai"]
+__all__ = ["CALIBRATE_MODES", "SKIP_LISTS", "read_vastai", "write_vastai"]
 
-INDEXING = "0-based index among the model's quantizable nodes in ONNX graph order"
+#: autoq range method -> vamc ``calibrate_mode``
+CALIBRATE_MODES = {"minmax": "max", "max": "max", "percentile": "percentile", "mse": "mse", "kl": "kl_divergence"}
+#: ONNX op type -> the vamc quantize list that keeps such layers fp16 (index among nodes of that type)
+SKIP_LISTS = {"Conv": "skip_conv_layers", "MatMul": "skip_matmul_layers"}
 _LAYER_COMMENT = re.compile(r"^\s*#\s*autoq-layer\s+(\d+):\s?(.*)$")
 
 
@@ -47,16 +75,19 @@ def write_vastai(
     ctx: ExportContext,
     out: Path,
     *,
-    calibration_dir: str | None = None,
-    image_suffix: str = "jpg",
     calibration_size: int = 32,
     workspace: str = "./deploy_weights",
+    other_float: str = "refuse",
 ) -> list[Path]:
-    """Writes ``<label>_vamc.yaml``; returns ``[path]``."""
-    import yaml
+    """Writes the vamc bundle into the folder ``out``; returns the files, the YAML first.
 
+    ``calibration_size``: how many calibration inputs to ship (``sampler.get_data_num``).
+    ``workspace``: vamc's ``workspace.path``.
+    ``other_float``: float nodes vamc cannot keep fp16 (not Conv/MatMul): ``refuse`` or ``int8``.
+    """
     if calibration_size < 1:
         raise ConfigError("export option calibration_size must be >= 1")
+    check_choice("other_float", other_float, ("refuse", "int8"))
     check_model_nodes(ctx)
     assignment = ctx.assignment()
     int16s = [n for n, p in assignment.items() if p is Precision.INT16]
@@ -66,78 +97,120 @@ def write_vastai(
             "(or search with space.precisions [int8, float] for Vastai)"
         )
     names = list(ctx.node_names)
-    excluded = [i for i, n in enumerate(names) if assignment[n] is Precision.FLOAT]
-    all_float = len(excluded) == len(names) and bool(names) or (not names and ctx.config.default is Precision.FLOAT)
+    floats = [n for n in names if assignment[n] is Precision.FLOAT]
+    all_float = bool(names) and len(floats) == len(names) or (not names and ctx.config.default is Precision.FLOAT)
+    others = [n for n in floats if ctx.node_ops.get(n) not in SKIP_LISTS and n not in ctx.toolchain_decides]
+    if others and not all_float and other_float == "refuse":
+        raise ExportError(
+            f"vamc keeps only Conv (skip_conv_layers) and MatMul (skip_matmul_layers) layers in fp16: float nodes "
+            f"{join_names([f'{n} ({ctx.node_ops.get(n)})' for n in others])} cannot be expressed; pick another "
+            "trial or pass other_float='int8' to let vamc quantize them"
+        )
+    # index of every node among the model's nodes of its type, in graph order (node_ops keeps graph order)
+    by_type: dict[str, list[str]] = {op: [n for n, t in ctx.node_ops.items() if t == op] for op in SKIP_LISTS}
+    skips: dict[str, list[int]] = {key: [] for key in SKIP_LISTS.values()}
+    labels: dict[str, dict[int, str]] = {key: {} for key in SKIP_LISTS.values()}
+    for n in floats:
+        op = ctx.node_ops.get(n)
+        if op in SKIP_LISTS:
+            i = by_type[op].index(n)
+            skips[SKIP_LISTS[op]].append(i)
+            labels[SKIP_LISTS[op]][i] = n
 
     cal = ctx.config.calibration
     method = (cal.method or "minmax").lower()
-    calibrate_mode = "max" if method in ("minmax", "max") else "percentile"
-    note = "" if method in ("minmax", "max", "percentile") else f"nearest equivalent of autoq method {cal.method!r}"
+    if method not in CALIBRATE_MODES:
+        raise ExportError(f"calibration method {cal.method!r} has no vamc calibrate_mode "
+                          f"(known: {', '.join(sorted(CALIBRATE_MODES))})")
+    folder = bundle_dir(out, "vastai")
+    label = ctx.label()
+    model = copy_model(ctx, folder)
     backend: dict[str, Any] = {"type": "tvm_vacc", "dtype": "fp16" if all_float else "int8"}
-    if not all_float:
-        backend["quantize"] = {
-            "calibrate_mode": calibrate_mode,
-            "quantize_per_channel": cal.granularity == "per_channel",
-            "exclude_layers": excluded,
-        }
-    _, _, h, w = (tuple(ctx.input_shape) + (0, 0, 0, 0))[:4]
-    data = {
-        "name": ctx.label(),
+    data: dict[str, Any] = {
+        "name": label,
         "frontend": {
             "shape": {ctx.input_name: [int(d) for d in ctx.input_shape]},
             "type": "onnx",
-            "checkpoint": str(ctx.model_path),
+            "checkpoint": model.name,
             "dtype": "fp32",
         },
         "backend": backend,
-        "dataset": {
-            "path": calibration_dir or (str(ctx.calib_dir) if ctx.calib_dir is not None else "./calibration_data"),
-            "sampler": {"suffix": image_suffix, "get_data_num": int(calibration_size)},
-            "process_ops": [],
-        },
-        "workspace": {"path": workspace},
     }
+    calib_files: list[Path] = []
+    if not all_float:
+        quantize: dict[str, Any] = {
+            "calibrate_mode": CALIBRATE_MODES[method],
+            "quantize_per_channel": cal.granularity == "per_channel",
+        }
+        quantize.update({k: sorted(v) for k, v in skips.items() if v})
+        backend["quantize"] = quantize
+        calib_files = _write_calibration(ctx, folder / "calib", calibration_size)
+        data["dataset"] = {
+            "type": "tvm",
+            "path": "calib",
+            "sampler": {"suffix": "npz", "get_data_num": len(calib_files)},
+        }
+    data["workspace"] = {"path": workspace}
     body = yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True, width=4096)
-    body = _annotate(body, names, excluded, note)
+    body = _annotate(body, labels)
 
-    pre = ctx.preprocess
     counts = precision_counts(ctx)
+    config_name = f"{label}_vamc.yaml"
     assumptions = [
-        f"exclude_layers ids: {INDEXING} ({len(names)} nodes); each id is followed by an "
-        "'# autoq-layer <i>: <node>' comment; check them against vamc's layer listing",
-        "float nodes are kept fp16 by vamc (not fp32 on a CPU as autoq measured them)",
-        f"dataset.process_ops is left empty: fill in vamc's ops for {pre.resize} to {h}x{w}, {pre.color}, "
-        f"mean {list(pre.mean)} std {list(pre.std)}",
+        (
+            "skip_conv_layers / skip_matmul_layers ids: 0-based index among the model's Conv / MatMul nodes in "
+            "ONNX graph order (each id is followed by an '# autoq-layer <i>: <node>' comment); check them against "
+            "vamc's layer listing"
+        ),
+        "float layers are kept fp16 by vamc (not fp32 on a CPU as autoq measured them)",
+        (
+            "calib/*.npz hold autoq's exact preprocessed inputs (float32 NCHW, key = input name), so the dataset "
+            "has no process_ops"
+        ),
     ]
-    if note:
-        assumptions.append(f"calibrate_mode: {note}")
+    if others and not all_float:
+        assumptions.append(f"float nodes vamc cannot keep fp16 are quantized int8 by vamc: {join_names(others)}")
     if method == "percentile" and cal.percentile is not None:
         assumptions.append(f"vamc picks its own percentile; autoq used {cal.percentile}")
+    run = f"vamc compile {config_name}"
     header = header_lines(
         ctx,
         "Vastai vamc build config",
-        counts=f"{counts['int8']} int8, {counts['float']} float (fp16 in exclude_layers)",
+        counts=f"{counts['int8']} int8, {counts['float']} float (fp16)",
         assumptions=assumptions,
-        run="vamc compile <this file>",
+        run=f"sh run.sh   ({run})",
     )
-    path = out_file(ctx, out, "_vamc.yaml")
+    path = folder / config_name
     path.write_text(comment_block(header) + "\n" + body, encoding="utf-8")
-    return [path]
+    script = write_run_script(folder, [run], comment=[f"autoq export of {label}: builds the vamc model"])
+    return [path, model, script, *calib_files]
 
 
-def read_vastai(
-    path: Path, *, node_names: Sequence[str] | None = None
-) -> tuple[dict[str, Precision], dict[str, Any]]:
-    """Parses a vamc YAML strictly.
+def _write_calibration(ctx: ExportContext, folder: Path, limit: int) -> list[Path]:
+    """``calib/<k>.npz`` with ``{input_name: float32 (1, 3, H, W)}``: autoq's exact model input."""
+    if ctx.calib_images is None:
+        raise ExportError("vastai ships the calibration inputs vamc reads, and this export context has no "
+                          "calibration images; export from a project (autoq export)")
+    images = ctx.calib_images()[:limit]
+    if len(images) == 0:
+        raise ExportError("no calibration images to ship; check data.calib_images in autoq.yaml")
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for k, image in enumerate(images):
+        path = folder / f"{k:04d}.npz"
+        np.savez(path, **{ctx.input_name: np.ascontiguousarray(to_input(image[None], ctx.preprocess), np.float32)})
+        files.append(path)
+    return files
 
-    Returns (node -> float for each ``exclude_layers`` id, calibration). Ids are mapped to names by
-    ``node_names`` (the quantizable nodes in graph order, see `INDEXING`) when given, else by the
-    ``# autoq-layer`` comments; an id neither can name is an error. An all-fp16 backend yields
-    ``{"default": float}`` and no nodes. Calibration has ``default``, ``calibrate_mode``,
-    ``granularity`` and ``exclude_layers`` (the raw ids).
+
+def read_vastai(path: Path) -> tuple[dict[str, Precision], dict[str, Any]]:
+    """Parses a vamc YAML written by `write_vastai` strictly.
+
+    Returns (node -> float for each ``skip_conv_layers`` / ``skip_matmul_layers`` id, named by the
+    ``# autoq-layer`` comments; calibration). An all-fp16 backend yields no nodes and
+    ``default: float``. Calibration has ``default``, ``calibrate_mode``, ``granularity`` and the raw
+    id lists under their vamc keys.
     """
-    import yaml
-
     path = Path(path)
     where = f"vamc config {path}"
     try:
@@ -147,63 +220,59 @@ def read_vastai(
         raise ConfigError(f"{where}: cannot read it as YAML ({exc})") from None
     if not isinstance(data, Mapping) or not isinstance(data.get("backend"), Mapping):
         raise ConfigError(f"{where}: expected name, frontend, backend, dataset")
-    backend = data["backend"]
-    dtype = backend.get("dtype")
+    dtype = data["backend"].get("dtype")
     if dtype not in ("int8", "fp16"):
         raise ConfigError(f"{where}: backend.dtype {dtype!r} is not int8 or fp16")
     if dtype == "fp16":
-        return {}, {"default": Precision.FLOAT, "calibrate_mode": None, "granularity": None, "exclude_layers": []}
-    quantize = backend.get("quantize") or {}
+        return {}, {"default": Precision.FLOAT, "calibrate_mode": None, "granularity": None}
+    quantize = data["backend"].get("quantize") or {}
     mode = quantize.get("calibrate_mode", "percentile")
-    if mode not in ("percentile", "max"):
-        raise ConfigError(f"{where}: calibrate_mode {mode!r} is not percentile or max")
-    ids = quantize.get("exclude_layers") or []
-    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-        raise ConfigError(f"{where}: exclude_layers must be a list of integer layer ids")
-    by_comment: dict[int, str] = {}
+    if mode not in set(CALIBRATE_MODES.values()):
+        raise ConfigError(f"{where}: calibrate_mode {mode!r} is not one of {sorted(set(CALIBRATE_MODES.values()))}")
+    comments: dict[str, dict[int, str]] = {}
+    section = None
     for line in text.splitlines():
+        key = line.strip().split(":", 1)[0]
+        if key in SKIP_LISTS.values():
+            section = key
         m = _LAYER_COMMENT.match(line)
-        if m:
-            by_comment[int(m.group(1))] = m.group(2)
+        if m and section:
+            comments.setdefault(section, {})[int(m.group(1))] = m.group(2)
     nodes: dict[str, Precision] = {}
-    for i in ids:
-        if node_names is not None:
-            if not 0 <= i < len(node_names):
-                raise ConfigError(f"{where}: exclude_layers id {i} is outside the model's {len(node_names)} nodes")
-            nodes[node_names[i]] = Precision.FLOAT
-        elif i in by_comment:
-            nodes[by_comment[i]] = Precision.FLOAT
-        else:
-            raise ConfigError(f"{where}: exclude_layers id {i} has no '# autoq-layer' comment; pass node_names")
-    calibration = {
+    calibration: dict[str, Any] = {
         "default": Precision.INT8,
         "calibrate_mode": mode,
         "granularity": "per_channel" if quantize.get("quantize_per_channel") else "per_tensor",
-        "exclude_layers": list(ids),
     }
+    for key in SKIP_LISTS.values():
+        ids = quantize.get(key) or []
+        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise ConfigError(f"{where}: {key} must be a list of integer layer ids")
+        for i in ids:
+            if i not in comments.get(key, {}):
+                raise ConfigError(f"{where}: {key} id {i} has no '# autoq-layer' comment")
+            nodes[comments[key][i]] = Precision.FLOAT
+        calibration[key] = list(ids)
     return nodes, calibration
 
 
-def _annotate(body: str, names: list[str], excluded: list[int], note: str) -> str:
-    """Adds the index -> node comments after each exclude_layers item and the calibrate_mode note."""
+def _annotate(body: str, labels: Mapping[str, Mapping[int, str]]) -> str:
+    """Adds the ``# autoq-layer <i>: <node>`` comment after each item of the skip lists."""
     out: list[str] = []
-    in_exclude = False
+    section: str | None = None
     for line in body.split("\n"):
         stripped = line.strip()
-        if note and stripped.startswith("calibrate_mode:"):
-            line = f"{line}  # {one_line(note)}"
-        if stripped.startswith("exclude_layers:"):
-            indent = line[: len(line) - len(line.lstrip())]
-            out.append(f"{indent}# ids: {INDEXING}")
+        key = stripped.split(":", 1)[0]
+        if key in labels:
+            section = key
             out.append(line)
-            in_exclude = True
             continue
-        if in_exclude and re.match(r"^\s*-\s+\d+\s*$", line):
-            i = int(stripped[1:].strip())
+        m = re.match(r"^\s*-\s+(\d+)\s*$", line)
+        if section and m:
             out.append(line)
             indent = line[: len(line) - len(line.lstrip())]
-            out.append(f"{indent}# autoq-layer {i}: {one_line(names[i])}")
+            out.append(f"{indent}# autoq-layer {m.group(1)}: {one_line(labels[section][int(m.group(1))])}")
             continue
-        in_exclude = False
+        section = None
         out.append(line)
     return "\n".join(out)

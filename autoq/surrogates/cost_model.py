@@ -31,6 +31,7 @@ How one trial is priced (all times in ms):
   hybrid) at ``npu_tops["float"]`` and 2 B/element instead of falling back to the CPU.
 * ``op_efficiency`` entries are a fraction or a mapping precision -> fraction (fitted targets).
 * ``fixed_ms`` (optional): per-inference cost outside the graph (runtime launch, input/output copy).
+* ``export_format`` (optional): the `autoq export` format of the target's toolchain (default ``onnx-qdq``).
 * ``capabilities`` (optional): per op type, the precisions the toolchain builds and what it does with
   others (`autoq.surrogates.capabilities`); configs are realized through it before they are priced.
 * ``onchip_bytes`` / ``whole_tensor_ops`` (optional): an NPU op of these types whose inputs + outputs
@@ -115,6 +116,7 @@ class Target:
     int8_reads_convert: bool = False
     activation_symmetric: bool = False
     capabilities: Capabilities = field(default_factory=Capabilities)
+    export_format: str = "onnx-qdq"  # the `autoq export` format of this target's toolchain
     onchip_bytes: int = 0
     whole_tensor_ops: tuple[str, ...] = ()
     mode: str = "estimate"
@@ -344,6 +346,7 @@ def target_from_dict(data: Mapping[str, Any], *, source: str = "target") -> Targ
         **flags,
         capabilities=capabilities_from_dict(data.get("capabilities"), source=source, precisions=precisions),
         onchip_bytes=onchip,
+        export_format=str(data.get("export_format", "onnx-qdq")),
         whole_tensor_ops=names("whole_tensor_ops", ()),
         mode=mode,
         **ints,
