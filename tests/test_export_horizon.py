@@ -22,8 +22,7 @@ from autoq.plan import Calibration, Precision, QuantConfig
 NODES = ("/backbone/stem/Conv", "/head/cls_convs.0/Conv", "node: with#odd 'chars'", "/head/reg_preds.0/Conv", "conv_4")
 
 
-def make_ctx(config: QuantConfig, *, target: str = "horizon-j5", preprocess: Preprocess | None = None,
-             calib_dir: Path | None = Path("/data/calib_416")) -> ExportContext:
+def make_ctx(config: QuantConfig, *, target: str = "horizon-j5", preprocess: Preprocess | None = None) -> ExportContext:
     return ExportContext(
         config=config,
         model_path=Path("/models/yolox_nano.onnx"),
@@ -37,7 +36,6 @@ def make_ctx(config: QuantConfig, *, target: str = "horizon-j5", preprocess: Pre
         map_drop=0.0123,
         latency_ms=9.87,
         target=target,
-        calib_dir=calib_dir,
     )
 
 
@@ -87,7 +85,7 @@ def bundle_ctx(tmp_path: Path, config: QuantConfig = MIXED, *, target: str = "ho
     model = tiny_model(tmp_path / f"src_{model_kw.get('opset', 13)}_{model_kw.get('extra_op')}.onnx", **model_kw)
     images = calib_images()
     return dataclasses.replace(
-        make_ctx(config, target=target, preprocess=preprocess, calib_dir=None),
+        make_ctx(config, target=target, preprocess=preprocess),
         model_path=model, input_shape=(1, 3, H, W), calib_images=lambda: images,
         node_ops={n.name: n.op_type for n in onnx.load(str(model)).graph.node},
     )

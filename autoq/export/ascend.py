@@ -42,6 +42,7 @@ from autoq.export.base import (
     EXPORTERS,
     ExportContext,
     bundle_dir,
+    calibration_images,
     check_choice,
     check_model_nodes,
     comment_block,
@@ -217,12 +218,7 @@ def _cfg_text(*, calibration_batches: int, skip: list[str], per_channel: bool, p
 
 def _write_calibration(ctx: ExportContext, folder: Path, limit: int) -> list[Path]:
     """``calib/<k>.bin``: raw float32 (1, 3, H, W) = autoq's exact model input, one batch each."""
-    if ctx.calib_images is None:
-        raise ExportError("ascend ships the calibration inputs amct_onnx reads (--data_dir), and this export "
-                          "context has no calibration images; export from a project (autoq export)")
-    images = ctx.calib_images()[:limit]
-    if len(images) == 0:
-        raise ExportError("no calibration images to ship; check data.calib_images in autoq.yaml")
+    images = calibration_images(ctx, "ascend")[:limit]
     folder.mkdir(parents=True, exist_ok=True)
     files = []
     for k, image in enumerate(images):

@@ -28,6 +28,7 @@ __all__ = [
     "ExportContext",
     "Exporter",
     "bundle_dir",
+    "calibration_images",
     "check_choice",
     "check_model_nodes",
     "comment_block",
@@ -64,7 +65,6 @@ class ExportContext:
         preprocess: how images become the model input (``autoq.data.preprocess.Preprocess``).
         study, trial, map_drop, latency_ms: provenance written into file headers.
         target: hardware target name, e.g. ``"generic-npu"``, ``"horizon-x3"``, ``"horizon-j5"``.
-        calib_dir: directory of calibration tensors for the compiler, if prepared.
         calib_images: loads the calibration images autoq's statistics came from, prepared at the
             trial's size (uint8 NHWC, the model's colour order, no mean/std), for formats that ship
             their own calibration inputs (``rknn``).
@@ -85,7 +85,6 @@ class ExportContext:
     map_drop: float | None
     latency_ms: float | None
     target: str
-    calib_dir: Path | None = None
     calib_images: Callable[[], np.ndarray] | None = None
     qdq_model: Callable[[], bytes] | None = None
     toolchain_decides: frozenset[str] = frozenset()
@@ -224,6 +223,17 @@ def bundle_dir(out: Path, fmt: str) -> Path:
         raise ExportError(f"{folder} is a file; the {fmt} export is a bundle folder: pass -o DIR")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def calibration_images(ctx: ExportContext, fmt: str) -> np.ndarray:
+    """The calibration images a bundle ships (the tool calibrates itself from them); one line when there are none."""
+    if ctx.calib_images is None:
+        raise ExportError(f"{fmt} ships the calibration data its tool calibrates from, and this export has no "
+                          "calibration images; export from a project (autoq export)")
+    images = ctx.calib_images()
+    if len(images) == 0:
+        raise ExportError(f"{fmt}: no calibration images to ship; check data.calib_images in autoq.yaml")
+    return images
 
 
 def copy_model(ctx: ExportContext, folder: Path, name: str = "model.onnx") -> Path:

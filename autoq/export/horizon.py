@@ -37,11 +37,13 @@ import onnx
 import yaml
 from onnx import helper, numpy_helper, version_converter
 
+from autoq.data.preprocess import to_input
 from autoq.errors import ConfigError, ExportError
 from autoq.export.base import (
     EXPORTERS,
     ExportContext,
     bundle_dir,
+    calibration_images,
     check_choice,
     check_model_nodes,
     comment_block,
@@ -56,7 +58,6 @@ from autoq.plan import Precision
 
 __all__ = [
     "MARCH_BY_TARGET",
-    "calibration_images",
     "calibration_type",
     "downgrade_opset",
     "load_model",
@@ -140,7 +141,7 @@ def write_horizon(
     model = load_model(ctx)
     cal = ctx.config.calibration
     cal_type, max_percentile, cal_note = calibration_type(cal.method, cal.percentile, "hb_mapper")
-    images = calibration_images(ctx)
+    images = calibration_images(ctx, "horizon")
 
     folder = bundle_dir(out, "horizon")
     label = ctx.label()
@@ -504,9 +505,7 @@ def _same_outputs(a: onnx.ModelProto, b: onnx.ModelProto, input_name: str, image
         sb = ort.InferenceSession(b.SerializeToString(), providers=["CPUExecutionProvider"])
         shape = [d if isinstance(d, int) and d > 0 else 1 for d in sa.get_inputs()[0].shape]
         if len(images):
-            x = np.ascontiguousarray(np.asarray(images[0]).transpose(2, 0, 1)[None], dtype=np.float32)
-            x = (x - np.asarray(pre.mean, np.float32).reshape(1, 3, 1, 1)) / np.asarray(pre.std, np.float32).reshape(
-                1, 3, 1, 1)
+            x = to_input(np.asarray(images[:1]), pre)
         else:
             x = np.random.default_rng(0).uniform(0, 255, shape).astype(np.float32)
         ya = sa.run(None, {input_name: x})
@@ -521,16 +520,6 @@ def _same_outputs(a: onnx.ModelProto, b: onnx.ModelProto, input_name: str, image
 
 def model_opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
-def calibration_images(ctx: ExportContext) -> Any:
-    if ctx.calib_images is None:
-        raise ExportError("the bundle ships calibration tensors made from autoq's calibration images, and this "
-                          "export has none; export from a project (autoq export)")
-    images = ctx.calib_images()
-    if len(images) == 0:
-        raise ExportError("no calibration images to write; set data.calib_images in the project config")
-    return images
 
 
 def _num(value: float) -> str:

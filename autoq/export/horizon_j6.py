@@ -35,6 +35,7 @@ from autoq.export.base import (
     EXPORTERS,
     ExportContext,
     bundle_dir,
+    calibration_images,
     check_choice,
     check_model_nodes,
     comment_block,
@@ -44,7 +45,6 @@ from autoq.export.base import (
     write_run_script,
 )
 from autoq.export.horizon import (
-    calibration_images,
     calibration_type,
     load_model,
     model_opset,
@@ -98,7 +98,7 @@ def write_horizon_j6(
     output_type = model_output_type or (all_type if all_type in OUTPUT_TYPES else "float32")
     check_choice("model_output_type", output_type, OUTPUT_TYPES)
     model = load_model(ctx)
-    images = calibration_images(ctx)
+    images = calibration_images(ctx, "horizon-j6")
 
     assignment = ctx.assignment()
     node_config = {name: {"qtype": qtype[p]} for name, p in assignment.items() if p is not default}

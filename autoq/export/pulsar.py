@@ -55,6 +55,7 @@ from autoq.export.base import (
     EXPORTERS,
     ExportContext,
     bundle_dir,
+    calibration_images,
     check_choice,
     check_model_nodes,
     comment_block,
@@ -116,9 +117,6 @@ def write_pulsar(
             f"Pulsar has no per-node float (CPU) fallback: float nodes {join_names(floats)}; pick a trial "
             "without float nodes or set the export option float_as_uint16 (runs them as UINT16 on the NPU)"
         )
-    if ctx.calib_images is None:
-        raise ExportError("axera-pulsar ships the calibration images in the bundle (Pulsar calibrates itself); "
-                          "export from a project (autoq export)")
     outputs = node_output_names(ctx.model_path) if op_name_from == "output_tensor" else {}
 
     def selector_name(node: str) -> str:
@@ -157,10 +155,8 @@ def write_pulsar(
         items.append(item)
 
     folder = bundle_dir(out, "axera-pulsar")
-    images = ctx.calib_images()
+    images = calibration_images(ctx, "axera-pulsar")
     n_images = len(images)
-    if n_images == 0:
-        raise ExportError("no calibration images to write; check data.calib_images in autoq.yaml")
     size = n_images if calibration_size is None else min(int(calibration_size), n_images)
 
     cal = ctx.config.calibration

@@ -58,6 +58,7 @@ from autoq.export.base import (
     EXPORTERS,
     ExportContext,
     bundle_dir,
+    calibration_images,
     check_choice,
     check_model_nodes,
     copy_model,
@@ -132,9 +133,6 @@ def write_pulsar2(
             f"Pulsar2 runs no Conv in FP32 (Conv does not take data_type FP32): float Conv nodes "
             f"{join_names(float_convs)}; pick a trial without float Conv or set the export option float_conv=U16"
         )
-    if ctx.calib_images is None:
-        raise ExportError("axera-pulsar2 ships the calibration data in the bundle (Pulsar2 calibrates itself); "
-                          "export from a project (autoq export)")
 
     default = Precision.INT16 if ctx.config.default is Precision.INT16 else Precision.INT8
     layer_configs: list[dict[str, Any]] = []
@@ -157,10 +155,8 @@ def write_pulsar2(
         layer_configs.append({"layer_name": name, "data_type": _DATA_TYPE[p]})
 
     folder = bundle_dir(out, "axera-pulsar2")
-    images = ctx.calib_images()
+    images = calibration_images(ctx, "axera-pulsar2")
     n_images = len(images)
-    if n_images == 0:
-        raise ExportError("no calibration images to write; check data.calib_images in autoq.yaml")
     size = n_images if calibration_size is None else min(int(calibration_size), n_images)
 
     cal = ctx.config.calibration

@@ -38,7 +38,6 @@ def trial_context(project: Project, study, t) -> ExportContext:
         map_drop=t.values[0],
         latency_ms=t.values[1],
         target=project.target.name,
-        calib_dir=project.config.data.calib_images,
         calib_images=lambda: load_calibration(d.calib_images, d.calib_count, (h, w), project.preprocess)[0],
         qdq_model=lambda: state.build(config).SerializeToString(),
         toolchain_decides=frozenset(n for n, kind in state.node_kinds.items()

@@ -49,6 +49,7 @@ from autoq.export.base import (
     EXPORTERS,
     ExportContext,
     bundle_dir,
+    calibration_images,
     check_choice,
     check_model_nodes,
     comment_block,
@@ -188,12 +189,7 @@ def write_vastai(
 
 def _write_calibration(ctx: ExportContext, folder: Path, limit: int) -> list[Path]:
     """``calib/<k>.npz`` with ``{input_name: float32 (1, 3, H, W)}``: autoq's exact model input."""
-    if ctx.calib_images is None:
-        raise ExportError("vastai ships the calibration inputs vamc reads, and this export context has no "
-                          "calibration images; export from a project (autoq export)")
-    images = ctx.calib_images()[:limit]
-    if len(images) == 0:
-        raise ExportError("no calibration images to ship; check data.calib_images in autoq.yaml")
+    images = calibration_images(ctx, "vastai")[:limit]
     folder.mkdir(parents=True, exist_ok=True)
     files = []
     for k, image in enumerate(images):
