@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["content_key", "read_json", "write_atomic", "write_json"]
+__all__ = ["content_key", "read_json", "try_write_json", "write_atomic", "write_json"]
 
 
 def content_key(*parts: object) -> str:
@@ -42,6 +42,15 @@ def write_atomic(path: Path, data: bytes | str) -> Path:
 def write_json(path: Path, data: Any) -> Path:
     """`write_atomic` of ``data`` as indented JSON."""
     return write_atomic(path, json.dumps(data, indent=1))
+
+
+def try_write_json(path: Path, data: Any) -> Path | None:
+    """`write_json`, or None when the folder is not writable (a read-only project): a cache that
+    cannot be written is only a miss next time, never a reason to stop a command that reads."""
+    try:
+        return write_json(path, data)
+    except OSError:
+        return None
 
 
 def read_json(path: Path) -> Any | None:

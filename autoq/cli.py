@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,20 +16,21 @@ from autoq.app.search import run_search
 from autoq.app.verify import TOOLCHAINS, verify
 from autoq.config import TEMPLATE, load_config
 from autoq.demo.project import write_demo_project
-from autoq.errors import AutoqError, ConfigError
+from autoq.errors import AutoqError, AutoqWarning, ConfigError
 from autoq.export import formats_help
 from autoq.export.run import export_pareto, export_trial
 from autoq.pipeline import Project
 from autoq.report.diagnose import run_diagnose
 from autoq.report.fidelity import fidelity_report
 from autoq.report.report import write_report
-from autoq.results.front import format_pareto, pareto_rows
+from autoq.results.front import format_pareto, pareto_rows, target_label
 from autoq.results.store import load_study
 from autoq.search.loop import prepare_study
 from autoq.search.sensitivity import run_sensitivity, sensitivity_table, write_outputs
 from autoq.surrogates.cost_model import TARGETS, load_target
 
 EXIT_USER_ERROR = 2
+STORAGE_ENV = "AUTOQ_STORAGE"  # a worker's storage URL when --storage is not given (keeps passwords off argv)
 
 
 def _log(msg: str) -> None:
@@ -75,15 +78,21 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def _print_front(project, study) -> None:
-    base = project.baseline
-    print(f"\nfloat mAP {100 * base.map:.2f} (AP50 {100 * base.map50:.2f}); Pareto front (mAP and drop in points):")
-    print(format_pareto(pareto_rows(study, project.quantizable_names, project)))
+    stored = study.user_attrs.get("float_map")  # the study's: no eval images preprocessed just to print
+    if stored is None:
+        base = project.baseline
+        head = f"float mAP {100 * base.map:.2f} (AP50 {100 * base.map50:.2f})"
+    else:
+        head = f"float mAP {100 * float(stored):.2f}"
+    print(f"\n{head}; Pareto front (mAP and drop in points, latency estimated by the {target_label(project)} cost model):")
+    print(format_pareto(pareto_rows(study, project.quantizable_names, project), target_label(project)))
 
 
 def _print_mlflow_hint(project) -> None:
     cfg = project.config
     print(
-        f"\nOpen the runs:  mlflow ui --backend-store-uri {cfg.tracking_uri()}\n"
+        f"\nOpen the runs:  mlflow ui --backend-store-uri {cfg.tracking_uri()}   (front runs are named '★ trial N ...')\n"
+        f"Read the study: autoq report --config {cfg.file} -o report.html\n"
         f"Export a point: autoq export --config {cfg.file} --trial N -o bundle/   "
         f"(format {cfg.export.format or project.target.export_format}; autoq export --help lists the others)"
     )
@@ -108,13 +117,14 @@ def _run_workers(project, args: argparse.Namespace):
     prepared = prepare_study(project, seed=args.seed, log=_log)
     budget = args.budget or cfg.search.budget
     cmd = [sys.executable, "-m", "autoq", "worker", "--config", str(cfg.file), "--budget", str(budget)]
-    cmd += ["--storage", cfg.storage_url(), "--study-name", cfg.search.study_name]
+    cmd += ["--study-name", cfg.search.study_name]  # the storage URL (credentials) goes by environment, not argv
     if args.timeout:
         cmd += ["--timeout", str(args.timeout)]
     if args.seed is not None:
         cmd += ["--seed", str(args.seed)]
     _log(f"search: starting {args.workers} workers")
-    procs = [subprocess.Popen([*cmd, "--worker-index", str(i)]) for i in range(args.workers)]
+    env = {**os.environ, STORAGE_ENV: cfg.storage_url()}
+    procs = [subprocess.Popen([*cmd, "--worker-index", str(i)], env=env) for i in range(args.workers)]
     codes = [p.wait() for p in procs]
     if any(codes):
         _log(f"warning: worker exit codes {codes}; finished trials are kept, rerun to complete the budget")
@@ -123,6 +133,8 @@ def _run_workers(project, args: argparse.Namespace):
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    if args.storage is None and os.environ.get(STORAGE_ENV):  # set by `search --workers`: not visible in `ps`
+        args.storage = os.environ[STORAGE_ENV]
     prefix = f"[worker {args.worker_index}] "
     project = _project(args, log=lambda m: _log(prefix + m))
     run_search(
@@ -140,6 +152,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     project = _project(args)
     study = load_study(project)
     _print_front(project, study)
+    _print_mlflow_hint(project)
     return 0
 
 
@@ -250,9 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_init)
 
     def search_options(p: argparse.ArgumentParser, budget_default: int | None) -> None:
-        p.add_argument("--budget", type=_positive_int, default=budget_default, help="trials in the study")
-        p.add_argument("--timeout", type=_positive_float, default=None, help="stop after S seconds")
-        p.add_argument("--seed", type=int, default=None, help="sampler seed")
+        p.add_argument("--budget", type=_positive_int, default=budget_default, metavar="N",
+                       help="TOTAL trials the study should hold, not additional ones: a rerun continues up to N "
+                            f"(default: search.budget in autoq.yaml, 30 when unset{', ' + str(budget_default) if budget_default else ''})")
+        p.add_argument("--timeout", type=_positive_float, default=None, metavar="S",
+                       help="stop this run after S seconds (default: search.timeout, none)")
+        p.add_argument("--seed", type=int, default=None, help="sampler seed (default: search.seed, 0)")
 
     def storage_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--storage", help="Optuna storage URL (default: sqlite in .autoq/), e.g. postgresql://...")
@@ -261,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(sub.add_parser("search", help="run (or continue) the study"))
     search_options(p, None)
     storage_options(p)
-    p.add_argument("--workers", type=_positive_int, default=1, help="local worker processes")
+    p.add_argument("--workers", type=_positive_int, default=1, help="local worker processes (default: 1)")
     p.set_defaults(func=cmd_search)
 
     p = with_config(sub.add_parser("worker", help="join an existing study as one more worker"))
@@ -331,7 +347,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """autoq's own warnings as one line (no source line); other libraries' warnings as Python prints them."""
+    if issubclass(category, AutoqWarning):
+        print(f"autoq: warning: {message}", file=sys.stderr, flush=True)
+    else:
+        _PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
+
+
+_PYTHON_SHOWWARNING = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    warnings.showwarning = _show_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -74,6 +74,8 @@ class PreprocessSection:
 class ObjectiveSection:
     metric: str = "coco_map"  # coco_map | top1 | cosine | package.module:attribute
     options: Mapping[str, Any] = field(default_factory=dict)  # passed to the metric
+    # coco_map with annotations: a float mAP (0..1) below this stops the run (every drop would read 0.00); 0 = off
+    min_baseline: float = 0.001
 
 
 @dataclass(frozen=True)
@@ -350,6 +352,7 @@ def _validate(cfg: ProjectConfig) -> None:
     for q in cfg.space.percentiles:
         must(50 < q < 100, "space.percentiles", f"has {q}; each percentile must be in (50, 100)")
     must(bool(cfg.objective.metric), "objective.metric", "must name a metric (coco_map, top1, cosine or pkg.mod:fn)")
+    must(0 <= cfg.objective.min_baseline < 1, "objective.min_baseline", "must be in [0, 1) (mAP on the 0..1 scale; 0 = off)")
     must(cfg.search.budget > 0, "search.budget", "must be > 0 (number of trials)")
     must(cfg.search.heartbeat_seconds > 0, "search.heartbeat_seconds", "must be > 0")
     if cfg.search.timeout is not None:
@@ -450,6 +453,7 @@ preprocess:
 objective:
   metric: coco_map      # coco_map | top1 (class folders) | cosine (vs float) | package.module:function
   options: {}           # passed to the metric, e.g. coco_map: {pseudo_gt_score: 0.3} (label-free only)
+  min_baseline: 0.001   # a float mAP (0..1) below this stops the run: every drop would read 0.00
 
 target:
   name: generic-npu     # hardware cost model used for latency_ms

@@ -29,3 +29,8 @@ class ExportError(AutoqError):
 
 class ToolchainError(AutoqError):
     """A vendor toolchain (run in its own environment) failed on a trial's bundle."""
+
+
+class AutoqWarning(UserWarning):
+    """Something the user should know that does not stop the run (e.g. skipped undecodable images);
+    the CLI prints it as one ``autoq: warning:`` line."""

@@ -7,11 +7,13 @@ mAP by default; see `autoq.objectives.metrics`) and the cost model's latency.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from autoq.adapters import bind_output_names, load_adapter
-from autoq.cache import content_key, read_json, write_json
+from autoq.cache import content_key, read_json, try_write_json, write_atomic
 from autoq.config import ProjectConfig
 from autoq.data.coco import (
     IMAGE_EXTENSIONS,
@@ -29,10 +31,16 @@ from autoq.data.coco import (
 )
 from autoq.data.preprocess import Preprocess, to_input
 from autoq.errors import ConfigError, ModelError
-from autoq.model.graph import load_model
+from autoq.model.graph import load_model, node_table
 from autoq.model.resolution import format_resolution
 from autoq.model.rewrites import REWRITES, variant_name
 from autoq.model.variants import build_variant_file
+from autoq.objectives.baseline_check import check_finite, check_float_map
+from autoq.objectives.bootstrap import (
+    stats_from_json,
+    stats_to_json,
+    trial_drop_samples,
+)
 from autoq.objectives.metrics import MetricContext, drop, load_metric
 from autoq.objectives.similarity import DEFAULT_BUDGET_BYTES, CosineReference
 from autoq.plan import Precision, QuantConfig, TrialResult
@@ -60,6 +68,8 @@ class Baseline:
     map: float
     map50: float
     per_class_ap: dict[str, float]
+    # COCOeval per-image results (autoq.objectives.bootstrap): drop intervals; arrays, so not compared
+    image_stats: Any = field(default=None, compare=False)
 
 
 class Project:
@@ -71,16 +81,33 @@ class Project:
         self._metric_memo: dict[Any, Any] = {}  # values metrics derive once (pseudo ground truth)
         self.root: Project = self  # a VariantState's root is the project of the original model
         self._variants: dict[tuple[tuple[int, int], str], VariantState] = {}
+        # (resolution "HxW", variant) -> why it cannot be built: out of the space, never rebuilt (`refuse`)
+        self.refused: dict[tuple[str, str], str] = {}
 
     # --- variants: (resolution, rewrite set or user variant) -----------------------------------
-    def resolution_choices(self) -> tuple[str, ...]:
-        """space.resolutions as "HxW" strings (the ``resolution`` trial parameter); () = not searched."""
-        return tuple(format_resolution(r) for r in self.config.space.resolutions)
+    def resolution_choices(self, *, all_: bool = False) -> tuple[str, ...]:
+        """space.resolutions as "HxW" strings (the ``resolution`` trial parameter); () = not searched.
+        A resolution refused with every variant (`refuse`) is left out unless ``all_``."""
+        got = tuple(format_resolution(r) for r in self.config.space.resolutions)
+        if all_:
+            return got
+        variants = self.variant_choices(all_=True) or ("",)
+        return tuple(r for r in got if any((r, v) not in self.root.refused for v in variants))
 
-    def variant_choices(self) -> tuple[str, ...]:
-        """"" (the original) + the space.rewrites set names + model.variants names; () = not searched."""
+    def variant_choices(self, *, all_: bool = False) -> tuple[str, ...]:
+        """"" (the original) + the space.rewrites set names + model.variants names; () = not searched.
+        A variant refused at every resolution (`refuse`) is left out unless ``all_``."""
         names = [variant_name(s) for s in self.config.space.rewrites] + list(self.config.model.variants)
-        return ("", *dict.fromkeys(names)) if names else ()
+        got = ("", *dict.fromkeys(names)) if names else ()
+        if all_:
+            return got
+        sizes = self.resolution_choices(all_=True) or (format_resolution(self.input_size),)
+        return tuple(v for v in got if not v or any((r, v) not in self.root.refused for r in sizes))
+
+    def refuse(self, resolution: tuple[int, int] | None, variant: str, why: str) -> None:
+        """Marks (resolution, variant) as not buildable: left out of the choices, `variant` raises ``why``."""
+        size = tuple(int(x) for x in resolution) if resolution else self.input_size
+        self.root.refused[(format_resolution(size), variant or "")] = why
 
     def config_for(self, config: QuantConfig) -> QuantConfig:
         """``config`` as this model's nodes see it (the original has every node: unchanged)."""
@@ -99,13 +126,16 @@ class Project:
         if size == tuple(self.input_size) and not variant:
             return self
         key = (size, variant or "")
+        why = self.refused.get((format_resolution(size), variant or ""))
+        if why is not None:  # found not buildable once: not retried
+            raise ModelError(why)
         if key not in self._variants:
             self._variants[key] = self._build_variant(size, variant or "")  # type: ignore[arg-type]
         return self._variants[key]
 
     def _build_variant(self, size: tuple[int, int], variant: str) -> VariantState:
         cfg = self.config
-        known = self.variant_choices()
+        known = self.variant_choices(all_=True)
         if variant and variant not in known and "+" not in variant and variant not in cfg.model.variants:
 
             if variant not in REWRITES:
@@ -143,8 +173,16 @@ class Project:
     # --- trial-independent state, built lazily and once -------------------------------------
     @cached_property
     def model(self):  # -> autoq.model.graph.LoadedModel
+        """The normalized model; with symbolic H/W and ``model.input_size``, its node shapes (what the
+        cost model prices) resolved at that size, as a static model of that size would have them."""
+        import dataclasses
 
-        return load_model(self.config.model.path)
+        model = load_model(self.config.model.path)
+        size, shape = self.config.model.input_size, model.input_shape
+        if size and len(shape) == 4 and not all(isinstance(d, int) and d > 0 for d in shape[2:]):
+            channels = shape[1] if isinstance(shape[1], int) and shape[1] > 0 else 3
+            model = dataclasses.replace(model, nodes=node_table(model.proto, (1, channels, *size)))
+        return model
 
     @cached_property
     def input_size(self) -> tuple[int, int]:
@@ -259,28 +297,44 @@ class Project:
             self.model.serialized(), self.eval_set.images[:8], self.preprocess, cache_dir=self.cache_dir, key=key, log=self.log
         )
 
+    def pin_session_settings(self, settings) -> None:
+        """Uses ``settings`` (a study's recorded ones) instead of measuring: thread count and batching
+        change ORT's numerics slightly, so every run and worker of a study must use the same."""
+        if "baseline" in self.__dict__ and self.__dict__.get("session_settings") != settings:
+            del self.__dict__["baseline"]  # computed under other settings
+        self.__dict__["session_settings"] = settings
+
     @cached_property
     def baseline(self) -> Baseline:
         """Float mAP of the original model, computed once and cached on disk."""
-        es = self.eval_set
+        es, d = self.eval_set, self.config.data
+        # Keyed by content: annotations edited in place or images replaced under the same names recompute it.
         key = content_key(
             self.model.sha256,
             self._preprocess_key(),
             dict(self.config.model.adapter_options),
             self.config.model.adapter,
             [self.config.objective.metric, dict(self.config.objective.options)],
-            str(self.config.data.eval_annotations),
-            *es.files,
+            dataclasses.asdict(self.session_settings),  # threads/batching change the float numbers slightly
+            file_digests([d.eval_annotations] if d.eval_annotations else []),
+            file_digests([Path(d.eval_images) / f for f in es.files]),
         )
         path = self.cache_dir / f"baseline-{key}.json"
         data = read_json(path)
-        if isinstance(data, dict) and {"map", "map50", "per_class_ap"} <= set(data):
-            return Baseline(data["map"], data["map50"], data["per_class_ap"])
+        minimum = self.config.objective.min_baseline if self.metric.name == "coco_map" else 0.0
+        if isinstance(data, dict) and {"map", "map50", "per_class_ap", "image_stats"} <= set(data):
+            if es.coco is None or minimum <= 0 or data["map"] >= minimum:
+                return Baseline(data["map"], data["map50"], data["per_class_ap"], stats_from_json(data["image_stats"]))
+        elif path.exists():
+            self.log(f"note: baseline cache {path.name} is unreadable; recomputing the float baseline")
         t = time.perf_counter()
         outputs = self.outputs(self.model.serialized())
+        check_finite(outputs, self.model.output_names, str(self.config.model.path))
         metrics = self.score(outputs, reference=outputs)
-        base = Baseline(metrics.value, metrics.map50, dict(metrics.per_class_ap))
-        write_json(path, base.__dict__)
+        check_float_map(es, metrics.value, minimum=minimum, annotations=str(d.eval_annotations),
+                        detect=lambda: MetricContext(es, adapter=self.adapter).detect(outputs))
+        base = Baseline(metrics.value, metrics.map50, dict(metrics.per_class_ap), metrics.image_stats)
+        try_write_json(path, {**base.__dict__, "image_stats": stats_to_json(base.image_stats)})
         self.log(
             f"float baseline: {self.metric.name} {base.map:.4f} (AP50 {base.map50:.4f}) in {time.perf_counter() - t:.1f}s"
         )
@@ -443,6 +497,7 @@ class Project:
             map_large=metrics.map_large,
             per_class_ap=dict(metrics.per_class_ap),
             map_drop=drop(base.map, metrics.value, higher_is_better=self.metric.higher_is_better),
+            drop_boot=trial_drop_samples(base.image_stats, metrics.image_stats),
             latency_ms=lat.total_ms,
             latency_breakdown=lat.breakdown(),
             latency_table=lat.table(),
@@ -547,10 +602,25 @@ def calibration_files(folder: Path, count: int) -> tuple[str, ...]:
     return tuple(f"{p.name}:{hashlib.sha256(p.read_bytes()).hexdigest()[:16]}" for p in chosen)
 
 
+def file_digests(paths) -> list[str]:
+    """``name:sha256`` of each file (missing ones by name only): a cache key over file contents."""
+    out = []
+    for p in map(Path, paths):
+        digest = hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else "missing"
+        out.append(f"{p.name}:{digest}")
+    return out
+
+
 def model_file_for_export(project: Project) -> Path:
     """The ONNX whose node names match the QuantConfig: the normalized model, saved once."""
-    path = project.config.ensure_work_dir() / "export" / f"model-{project.model.sha256[:12]}.onnx"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(project.model.serialized())
+    name = f"model-{project.model.sha256[:12]}.onnx"
+    path = project.config.work_dir / "export" / name
+    if path.is_file():
+        return path
+    try:
+        write_atomic(path, project.model.serialized())
+    except OSError:  # a read-only project: exporting only reads it, so the model goes to a temporary folder
+        path = Path(tempfile.gettempdir()) / "autoq-export" / name
+        if not path.is_file():
+            write_atomic(path, project.model.serialized())
     return path

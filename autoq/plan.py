@@ -173,6 +173,13 @@ class TrialResult:
     output_cosine: Mapping[str, float] = field(default_factory=dict)
     # why the target's toolchain would refuse to compile it (on-chip memory), one line each
     infeasible: tuple[str, ...] = ()
+    # paired bootstrap samples of map_drop over the eval images (autoq.objectives.bootstrap); () = none
+    drop_boot: tuple[float, ...] = ()
+
+    @property
+    def drop_ci(self) -> tuple[float, float] | None:
+        """95% interval of ``map_drop`` (0..1 scale), or None without per-image results."""
+        return percentile_interval(self.drop_boot) if self.drop_boot else None
 
     def metrics(self) -> dict[str, float]:
         """The scalar metrics logged per trial."""
@@ -185,9 +192,24 @@ class TrialResult:
             "map_drop": self.map_drop,
             "latency_ms": self.latency_ms,
             "images": float(self.images),
+            **(dict(zip(("map_drop_lo", "map_drop_hi"), self.drop_ci)) if self.drop_ci else {}),
             **{f"sim_{k}": float(v) for k, v in self.similarity.items()},
             **{cosine_metric_name(k): float(v) for k, v in self.output_cosine.items()},
         }
+
+
+def percentile_interval(samples: Iterable[float], level: float = 0.95) -> tuple[float, float]:
+    """The ``level`` percentile interval of bootstrap ``samples`` (linear interpolation, as numpy's default)."""
+    a = sorted(float(x) for x in samples)
+    if not a:
+        raise ValueError("no samples")
+
+    def q(f: float) -> float:
+        pos = f * (len(a) - 1)
+        i = int(pos)
+        return a[i] if i + 1 >= len(a) else a[i] + (a[i + 1] - a[i]) * (pos - i)
+
+    return q((1 - level) / 2), q(1 - (1 - level) / 2)
 
 
 def cosine_metric_name(output: str) -> str:

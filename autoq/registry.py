@@ -50,9 +50,9 @@ class Registry(Generic[T]):
         self._items[name] = obj
 
     def _load_builtins(self) -> None:
-        if not self._loaded:
-            self._loaded = True
+        if not self._loaded:  # marked loaded only once the import worked: a failed import is retried, not hidden
             importlib.import_module(self._builtins_module)  # type: ignore[arg-type]
+            self._loaded = True
 
     def names(self) -> list[str]:
         self._load_builtins()

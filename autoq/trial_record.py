@@ -15,8 +15,8 @@ from autoq.errors import SearchError
 from autoq.plan import QuantConfig
 
 __all__ = [
-    "CONFIG_ATTR", "CONSTRAINT_ATTR", "FAIL_ATTR", "INFEASIBLE_ATTR", "OVER_BUDGET_ATTR", "PARENT_ATTR",
-    "PARTIAL_ATTR", "REQUESTED_ATTR", "RUN_ATTR", "SCREENED_ATTR", "SEEDED_ATTR", "SEED_CONFIG_ATTR", "SPACE_ATTR", "SPACE_KNOBS_ATTR",
+    "BOOT_ATTR", "CONFIG_ATTR", "CONSTRAINT_ATTR", "DUPLICATE_ATTR", "FAIL_ATTR", "INFEASIBLE_ATTR", "INTERRUPTED_ATTR", "OVER_BUDGET_ATTR", "PARAM_LEGEND_ATTR", "PARENT_ATTR",
+    "PARTIAL_ATTR", "REQUESTED_ATTR", "RUN_ATTR", "SCREENED_ATTR", "SEEDED_ATTR", "SEED_CONFIG_ATTR", "SESSION_ATTR", "SPACE_ATTR", "SPACE_KNOBS_ATTR",
     "STARTED_ATTR", "trial_config",
 ]
 
@@ -26,17 +26,22 @@ REQUESTED_ATTR = "requested_config"  # what the sampler or seed asked, when the 
 INFEASIBLE_ATTR = "infeasible"  # why the toolchain would refuse to compile it (list of lines): never on the front
 OVER_BUDGET_ATTR = "over_budget"
 SCREENED_ATTR = "screened"  # a proposal the surrogate rejected without evaluating it (not counted)
+DUPLICATE_ATTR = "duplicate_of"  # the finished trial whose configuration it repeats (its result reused; also screened)
 SEED_CONFIG_ATTR = "seed_config"  # an enqueued trial's exact QuantConfig (dict)
 CONSTRAINT_ATTR = "constraint"  # [map_drop - max, latency - max], <= 0 = feasible
 PARTIAL_ATTR = "partial"  # early-stopped on the image subset
 STARTED_ATTR = "autoq_started"  # the trial's number, set first thing in the objective (it got past ask())
 RUN_ATTR = "mlflow_run_id"  # its MLflow child run
 FAIL_ATTR = "fail_reason"  # why it failed
+INTERRUPTED_ATTR = "interrupted"  # stopped by Ctrl-C: not counted in the budget, its config queued again
+BOOT_ATTR = "drop_boot"  # paired bootstrap samples of map_drop (0..1), same image draws for every trial
 # --- on the study
 SEEDED_ATTR = "autoq_seeded"
+SESSION_ATTR = "autoq_session"  # ORT session settings (threads, ...) every run of the study uses: same seed, same numbers
 SPACE_ATTR = "autoq_space"  # the study's SpaceLayout (JSON)
 SPACE_KNOBS_ATTR = "autoq_space_knobs"
 PARENT_ATTR = "mlflow_parent_run_id"  # the study's MLflow parent run
+PARAM_LEGEND_ATTR = "autoq_parameters"  # parameter name -> what it decides (optuna-dashboard's study page)
 
 
 def trial_config(trial: Any) -> QuantConfig:

@@ -70,6 +70,7 @@ def project_dir(tmp_path) -> Path:
         "model: {path: model.onnx, adapter: 'test_calibration_cache:empty_adapter'}\n"
         "data: {eval_images: eval, eval_annotations: ann.json, calib_images: calib, calib_count: 3}\n"
         "space: {methods: [minmax, percentile, mse, kl]}\n"
+        "objective: {min_baseline: 0}\n"  # the empty adapter detects nothing: no meaningful baseline
     )
     return tmp_path
 

@@ -26,7 +26,7 @@ def test_four_trials_in_mlflow_with_objectives(demo_dir):
     runs = client.search_runs([exp.experiment_id], "tags.`autoq.trial` != ''")
     assert len(runs) == 4
     for run in runs:
-        assert "map_drop" in run.data.metrics and "latency_ms" in run.data.metrics
+        assert "map_drop_pt" in run.data.metrics and "latency_ms" in run.data.metrics
         assert run.data.tags["mlflow.parentRunId"]
     front = client.search_runs([exp.experiment_id], "tags.pareto = 'true'")
     assert 1 <= len(front) <= 4

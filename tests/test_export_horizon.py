@@ -223,7 +223,7 @@ def test_header_comment(tmp_path: Path) -> None:
     [p, *_] = export_config(bundle_ctx(tmp_path), "horizon", tmp_path / "b")
     header = p.read_text().split("model_parameters:")[0]
     assert all(line.startswith("#") for line in header.strip().splitlines())
-    for needle in ("study: yolox-nano", "trial: 17", "predicted mAP drop: 0.0123", "predicted latency: 9.87 ms",
+    for needle in ("study: yolox-nano", "trial: 17", "predicted mAP drop: 1.23 pt", "predicted latency: 9.87 ms",
                    "target: horizon-j5", "march: bayes", "assumptions:", "2 int16, 1 float", "run next: ./run.sh"):
         assert needle in header, needle
 

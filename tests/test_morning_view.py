@@ -44,7 +44,7 @@ def test_pareto_tag_metrics_params_and_parent_artifacts(searched):
     assert len(trials) == 6
     for r in trials:
         m, p = r.data.metrics, r.data.params
-        assert {"map", "map50", "map_drop", "latency_ms", "cos/output"} <= set(m)
+        assert {"map_pt", "map50_pt", "map_drop_pt", "latency_ms", "cos/output"} <= set(m)
         assert -1.0 <= m["cos/output"] <= 1.0
         assert {"resolution", "variant", "calibration", "n_int8", "n_int16", "n_float"} <= set(p)
         assert r.data.tags["state"] == "complete"

@@ -8,7 +8,6 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from autoq.errors import ModelError
 from autoq.model.resolution import at_resolution, format_resolution, parse_resolution
 
 
@@ -63,9 +62,11 @@ def test_shufflenet_runs_at_new_resolution_like_a_graph_built_there():
     assert {n.name for n in moved.graph.node} == {n.name for n in original.graph.node}  # names kept
 
 
-def test_ambiguous_split_names_the_node():
-    with pytest.raises(ModelError, match="unflatten.*model.resolutions"):
-        at_resolution(_shufflenet(64, 64, flatten_split=True), (32, 32))
+def test_flattened_hw_split_back_follows_h_and_w():
+    """[N, C, H*W] -> [N, C, H, W] on a square model: each axis probed alone tells H from W (issue 16)."""
+    moved = at_resolution(_shufflenet(64, 64, flatten_split=True), (32, 48))
+    x = np.random.default_rng(1).standard_normal((1, 3, 32, 48)).astype(np.float32)
+    np.testing.assert_allclose(_run(moved, x), _run(_shufflenet(32, 48, flatten_split=True), x), atol=1e-5)
 
 
 def test_resolution_strings():

@@ -150,7 +150,8 @@ def test_search_seeds_knapsack_within_bounds_and_grouped_space(tmp_path):
     assert all(n.startswith(BAND_PREFIX) for n in names[2:])
     seeds = [t for t in _trials(study) if SEED_CONFIG_ATTR in t.user_attrs]
     knap = [t for t in seeds if t.user_attrs["seed"].startswith("knapsack")]
-    assert knap, [t.user_attrs["seed"] for t in seeds]
+    # a knapsack solution the toolchain builds like all-int8 is not enqueued again (issue 16)
+    assert knap or any("same configuration as seed all-int8" in m for m in lines), [t.user_attrs["seed"] for t in seeds]
     for t in knap:
         label = t.user_attrs["seed"]  # knapsack<=B pt (predicted P)
         bound = float(label.split("<=")[1].split("pt")[0])

@@ -2,7 +2,7 @@
 what the study's parent MLflow run holds besides the Pareto table (`log_study_views`):
 
 - ``autoq.yaml`` (the project file), tags ``autoq.model_sha256``, ``autoq.eval_sha256``,
-  ``autoq.calib_sha256`` (dataset hashes, see `dataset_hashes`) and metrics ``float_map``/``float_map50``;
+  ``autoq.calib_sha256`` (dataset hashes, see `dataset_hashes`) and metrics ``float_map_pt``/``float_map50_pt`` (mAP points);
 - ``pareto.png`` (every trial grey, the front red and labelled) and ``pareto.html`` (interactive,
   self-contained);
 - ``exports/<format>/trial_<N>/...``: the exported configuration of every front member, for each
@@ -27,11 +27,15 @@ from autoq.report.plots import pareto_html, pareto_png, trial_points
 from autoq.results.front import (
     format_pareto,
     front_is_feasible,
+    front_markdown,
+    front_run_labels,
     front_trials,
     pareto_csv,
     pareto_rows,
     search_limits,
+    target_label,
 )
+from autoq.results.store import redact
 from autoq.results.trials import finished_trials, screened_count
 from autoq.search.loop import Prepared
 from autoq.search.sensitivity import sensitivity_artifacts
@@ -82,22 +86,22 @@ def log_study_views(project: Project, prepared: Prepared, rows, *, log: Log = pr
 
     def config_and_hashes() -> None:
         cfg = project.config
-        client.log_text(parent, Path(cfg.file).read_text(encoding="utf-8"), "autoq.yaml")
+        client.log_text(parent, redact(Path(cfg.file).read_text(encoding="utf-8")), "autoq.yaml")  # no passwords
         for k, v in dataset_hashes(project).items():
             client.set_tag(parent, k, v)
         base = project.baseline
-        client.log_metric(parent, "float_map50", float(base.map50))
+        client.log_metric(parent, "float_map50_pt", round(100 * float(base.map50), 4))
         if base.per_class_ap:
-            lines = ["class,ap"] + [f"{k},{v:.6f}" for k, v in base.per_class_ap.items()]
+            lines = ["class,ap_pt"] + [f"{k},{100 * v:.2f}" for k, v in base.per_class_ap.items()]
             client.log_text(parent, "\n".join(lines) + "\n", "float_per_class_ap.csv")
 
     def plots() -> None:
         points = trial_points(study, project)
         title = f"study {study.study_name}: {len(points)} trials, front {sum(p.front for p in points)}"
         with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "pareto.png").write_bytes(pareto_png(points, title=title))
-            table = "<pre>" + format_pareto(rows) + "</pre>"
-            (Path(tmp) / "pareto.html").write_text(pareto_html(points, title=title, table=table), encoding="utf-8")
+            (Path(tmp) / "pareto.png").write_bytes(pareto_png(points, title=title, target=target_label(project)))
+            table = "<pre>" + format_pareto(rows, target_label(project)) + "</pre>"
+            (Path(tmp) / "pareto.html").write_text(pareto_html(points, title=title, table=table, target=target_label(project)), encoding="utf-8")
             tracker.log_dir(parent, Path(tmp))
 
     def exports(fmt: str) -> None:
@@ -157,12 +161,20 @@ def finish_study(project: Project, prepared: Prepared, *, log: Log = print) -> N
     pruned = sum(1 for t in finished if t.state is TrialState.PRUNED and t.user_attrs.get(PARTIAL_ATTR))
     if screened or pruned:
         log(f"search: {pruned} trial(s) stopped early on the image subset, {screened} proposal(s) screened out by the surrogate")
-    front_runs = {t.user_attrs.get(RUN_ATTR) for t in front}
-    tracker.update_pareto(parent, front_runs - {None})
+    labels = front_run_labels(study, project)  # front runs named and described: readable at a glance
+    tracker.update_pareto(parent, labels or ({t.user_attrs.get(RUN_ATTR) for t in front} - {None}))
     log_study_views(project, prepared, rows, log=log)
+    target = target_label(project)
+    try:
+        tracker.set_description(parent, front_markdown(rows, target, len(project.eval_set.metas)))
+        tracker.front_chart(parent, [(r.map_drop, r.latency_ms) for r in rows],
+                            name=f"pareto front chart ({len(rows)} members)")
+    except Exception as exc:  # tracking extras never fail a search
+        log(f"warning: MLflow front description/chart not logged: {type(exc).__name__}: {str(exc)[:300]}")
+    distinct = sum(r.distinct for r in rows)
     tracker.finish_parent(
         parent,
-        metrics={"float_map": project.baseline.map, "trials": len(finished), "pareto_size": len(rows),
-                 "screened": screened, "early_stopped": pruned},
-        texts={"pareto.csv": pareto_csv(rows), "pareto.txt": format_pareto(rows) + "\n"},
+        metrics={"float_map_pt": round(100 * project.baseline.map, 4), "trials": len(finished), "pareto_size": len(rows),
+                 "pareto_distinguishable": distinct, "screened": screened, "early_stopped": pruned},
+        texts={"pareto.csv": pareto_csv(rows), "pareto.txt": format_pareto(rows, target) + "\n"},
     )

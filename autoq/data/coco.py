@@ -21,7 +21,7 @@ import numpy as np
 
 from autoq.adapters.base import ImageMeta
 from autoq.data.preprocess import Preprocess, prepare_image, read_image
-from autoq.errors import DataError
+from autoq.errors import AutoqWarning, DataError
 
 if TYPE_CHECKING:
     from pycocotools.coco import COCO
@@ -192,7 +192,7 @@ def load_eval_set(
     if not ok:
         raise DataError(f"{images_dir}: none of the {len(entries)} images could be decoded; {bad[0]}")
     if bad:
-        warnings.warn(f"skipped {len(bad)} undecodable image(s), first: {bad[0]}", stacklevel=2)
+        warnings.warn(f"skipped {len(bad)} undecodable image(s), first: {bad[0]}", AutoqWarning, stacklevel=2)
 
     categories = sorted(dataset["categories"], key=lambda c: c["id"])
     return EvalSet(
@@ -231,7 +231,7 @@ def _decode_all(
         first = f"; {bad[0]}" if bad else ""
         raise DataError(f"{images_dir}: none of the {len(paths)} images could be decoded{first}")
     if bad:
-        warnings.warn(f"skipped {len(bad)} undecodable image(s), first: {bad[0]}", stacklevel=3)
+        warnings.warn(f"skipped {len(bad)} undecodable image(s), first: {bad[0]}", AutoqWarning, stacklevel=3)
     return ok, np.stack([results[k][0] for k in ok]), tuple(results[k][1] for k in ok)  # type: ignore[index]
 
 
@@ -340,5 +340,5 @@ def load_calibration(
             f"{images_dir}: no readable calibration images ({exts}); put some images there or fix the path"
         )
     if bad:
-        warnings.warn(f"skipped {len(bad)} undecodable calibration image(s), first: {bad[0]}", stacklevel=2)
+        warnings.warn(f"skipped {len(bad)} undecodable calibration image(s), first: {bad[0]}", AutoqWarning, stacklevel=2)
     return np.stack(images), tuple(names)

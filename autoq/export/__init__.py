@@ -14,7 +14,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from autoq.errors import ConfigError
+from autoq.errors import ConfigError, ExportError
 from autoq.export.base import EXPORTERS, ExportContext, Exporter
 
 __all__ = ["EXPORTERS", "ExportContext", "Exporter", "export_config", "format_options", "formats_help"]
@@ -30,8 +30,13 @@ def export_config(ctx: ExportContext, fmt: str, out: Path, **options: Any) -> li
     writer = EXPORTERS.get(fmt, key="export.format")
     _check_options(writer, fmt, options)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return [Path(p) for p in writer(ctx, out, **options)]
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return [Path(p) for p in writer(ctx, out, **options)]
+    except OSError as exc:  # read-only place, a file where a folder should be, disk full
+        where = exc.filename or out
+        raise ExportError(f"cannot write the {fmt} export to {where} ({exc.strerror or exc}); "
+                          "pass -o a writable folder") from None
 
 
 def format_options(fmt: str) -> dict[str, Any]:

@@ -63,7 +63,8 @@ class ExportContext:
         node_names: quantizable node names (``config.precision_of`` applies to these).
         node_ops: node name -> op type (all nodes of the model, for messages and op-type rules).
         preprocess: how images become the model input (``autoq.data.preprocess.Preprocess``).
-        study, trial, map_drop, latency_ms: provenance written into file headers.
+        study, trial, map_drop, latency_ms: provenance written into file headers (map_drop 0..1, printed
+            in mAP points; ``map_drop_ci`` its bootstrap interval when the trial has one).
         target: hardware target name, e.g. ``"generic-npu"``, ``"horizon-x3"``, ``"horizon-j5"``.
         calib_images: loads the calibration images autoq's statistics came from, prepared at the
             trial's size (uint8 NHWC, the model's colour order, no mean/std), for formats that ship
@@ -88,6 +89,7 @@ class ExportContext:
     calib_images: Callable[[], np.ndarray] | None = None
     qdq_model: Callable[[], bytes] | None = None
     toolchain_decides: frozenset[str] = frozenset()
+    map_drop_ci: tuple[float, float] | None = None  # 95% paired bootstrap interval of map_drop (0..1)
 
     def assignment(self) -> dict[str, Precision]:
         """Precision of every quantizable node, in graph order."""
@@ -174,7 +176,9 @@ def header_lines(
 ) -> list[str]:
     """The provenance every export starts with: study, trial, predicted drop and latency, the
     per-precision node counts, the assumptions and the vendor command to run next."""
-    drop = "unknown" if ctx.map_drop is None else f"{ctx.map_drop:.4g}"
+    drop = "unknown" if ctx.map_drop is None else f"{100 * ctx.map_drop:.2f} pt"
+    if ctx.map_drop is not None and ctx.map_drop_ci is not None:
+        drop += f" (95% interval {100 * ctx.map_drop_ci[0]:.2f} .. {100 * ctx.map_drop_ci[1]:.2f} pt)"
     latency = "unknown" if ctx.latency_ms is None else f"{ctx.latency_ms:.4g} ms"
     lines = [
         f"{title} written by autoq",
@@ -221,7 +225,11 @@ def bundle_dir(out: Path, fmt: str) -> Path:
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
         raise ExportError(f"{folder} is a file; the {fmt} export is a bundle folder: pass -o DIR")
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # read-only place, a file where a parent folder should be
+        raise ExportError(f"cannot create the {fmt} bundle folder {folder} ({exc.strerror or exc}); "
+                          "pass -o a writable folder") from None
     return folder
 
 

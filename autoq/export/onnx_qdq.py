@@ -3,7 +3,7 @@
 
 The model comes from ``ExportContext.qdq_model`` (built lazily by `autoq.export.run`); without it
 the export fails with an ``ExportError``. ONNX has no comments, so provenance goes into the model's
-``metadata_props`` (``autoq.study``, ``autoq.trial``, ``autoq.map_drop``, ``autoq.latency_ms``,
+``metadata_props`` (``autoq.study``, ``autoq.trial``, ``autoq.map_drop`` (0..1), ``autoq.map_drop_pt``, ``autoq.latency_ms``,
 ``autoq.target``, ``autoq.assumptions``) together with the per-node decision (``autoq.nodes``: node ->
 precision, JSON, for the quantizable nodes) and ``autoq.calibration`` (JSON), which `read_onnx_qdq`
 reads back and checks against the graph.
@@ -67,6 +67,7 @@ def write_onnx_qdq(ctx: ExportContext, out: Path) -> list[Path]:
         "study": ctx.study or "",
         "trial": "" if ctx.trial is None else str(ctx.trial),
         "map_drop": "" if ctx.map_drop is None else repr(float(ctx.map_drop)),
+        "map_drop_pt": "" if ctx.map_drop is None else f"{100 * float(ctx.map_drop):.4f}",
         "latency_ms": "" if ctx.latency_ms is None else repr(float(ctx.latency_ms)),
         "target": ctx.target,
         "header": "\n".join(lines),

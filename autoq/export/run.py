@@ -10,10 +10,11 @@ from autoq.errors import ExportError, SearchError
 from autoq.export import export_config
 from autoq.export.base import ExportContext
 from autoq.pipeline import Project, model_file_for_export
+from autoq.plan import percentile_interval
 from autoq.results.front import front_trials
 from autoq.results.store import load_study
 from autoq.results.trials import get_trial
-from autoq.trial_record import trial_config
+from autoq.trial_record import BOOT_ATTR, trial_config
 
 
 def trial_context(project: Project, study, t) -> ExportContext:
@@ -36,6 +37,7 @@ def trial_context(project: Project, study, t) -> ExportContext:
         study=study.study_name,
         trial=t.number,
         map_drop=t.values[0],
+        map_drop_ci=percentile_interval(t.user_attrs[BOOT_ATTR]) if t.user_attrs.get(BOOT_ATTR) else None,
         latency_ms=t.values[1],
         target=project.target.name,
         calib_images=lambda: load_calibration(d.calib_images, d.calib_count, (h, w), project.preprocess)[0],
@@ -73,7 +75,10 @@ def export_pareto(
         sub = out_dir / f"trial_{t.number}"
         try:
             ctx = trial_context(project, study, t)
-            sub.mkdir(parents=True, exist_ok=True)
+            try:
+                sub.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ExportError(f"cannot create {sub} ({exc.strerror or exc}); pass -o a writable folder") from None
             files.extend(export_config(ctx, fmt, sub, **options))
         except ExportError as exc:
             if sub.is_dir() and not any(sub.iterdir()):

@@ -1,21 +1,30 @@
 """Run a static-shape detector at another input resolution.
 
-`at_resolution` frees the spatial dims of the image input, re-infers every shape at the new size and
-rewrites the constants the exporter baked for the old size:
+`at_resolution` frees the spatial dims of the image input and rewrites the constants the exporter baked
+for the old size. Every such constant is read as a function of the input height H and width W: shapes
+are inferred at the original size (H0, W0), at (2 H0, W0) and (H0, 2 W0) (one probe per axis) and at
+(h, W0), (H0, w), (h, w) for the asked size, so a dim that follows H is told from one that follows W even
+on a square model. Rewritten (op type: baked input):
 
-* ``Reshape`` targets (ShuffleNet channel shuffles ``[N, 2, C/2, H, W]``, flattened ``H*W`` heads):
-  the target is matched against the Reshape's input shape at the original size in row-major groups
-  (dims of equal product). Each group's entries scale like the input dims of the group: a group whose
-  input dims do not change with the resolution keeps its constants, a 1:1 or merge group takes the
-  product of the new input dims. Which dims change is read from shape inference at the original size
-  and at the original size x2 (one probe per axis), so the rewrite is the same whatever size is asked.
-  A split of a dim that scales (``[N, C, H*W] -> [N, C, H, W]``) is ambiguous: ModelError naming the node.
-* ``Resize`` with a constant ``sizes`` input: spatial sizes scale with the input.
+* ``Reshape`` (shape): the target is grouped against its input row-major (dims of equal product). A
+  group whose input does not change keeps its constants; otherwise the group's size must factor as
+  ``g(H) * k(W)`` and each target dim takes a role -- constant, follows H, follows W, or both -- so the
+  products match at every probe. Channel shuffles ``[N, 2, C/2, H, W]``, flattened heads
+  ``[N, C, H*W]`` and a flattened ``H*W`` split back into ``[H, W]`` are all unambiguous this way; when
+  several roles fit, the one whose dims exist as real tensor dims of the graph wins, then H before W
+  (row-major NCHW/NHWC order).
+* ``Resize`` (sizes): a spatial size equal to a real H (W) dim of the graph follows that dim (an FPN
+  upsample to its skip connection's size), else it scales with the Resize input.
+* ``Slice`` (starts/ends on an axis that scales): ``ends`` reaching the old end follow the new end; an
+  interior bound equal to a real dim of the same axis follows it; negative bounds are kept.
+* ``Expand`` (shape) and ``ConstantOfShape`` (input): an entry equal to the broadcast input dim follows
+  it; a new entry follows the one real dim function with that value (ambiguous: refused).
 
-Reshapes are processed in topological order (a Reshape downstream of another sees its input at the new
-size only once the upstream one is rewritten). The result declares the new static input size and is
-verified by running it in onnxruntime on a random input of that size; a failure names the node ORT
-reported and suggests ``model.resolutions`` (user-exported files per resolution).
+Constants are processed in topological order (a node downstream of another sees its input at the new
+size only once the upstream one is rewritten). A constant that no rule explains raises ModelError naming
+the node, its op type and the fix (``model.resolutions``: files exported per resolution). The result
+declares the new static input size and is verified by running it in onnxruntime on a random input of
+that size; a failure names the node ORT reported and suggests ``model.resolutions``.
 
 Example:
     >>> import onnx                                           # doctest: +SKIP
@@ -24,9 +33,13 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any
 
 from autoq.errors import ModelError
 
@@ -92,12 +105,23 @@ def _with_size(model: onnx.ModelProto, size: tuple[int, int] | None) -> onnx.Mod
 
 
 def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...] | None]:
+    """Static shape of every tensor. onnxruntime's symbolic shape inference first: it evaluates the
+    Shape -> Gather -> Div -> Slice arithmetic exporters emit (``torch.chunk``), which onnx's own
+    inference leaves unknown; onnx's inference when it cannot handle the graph."""
     import onnx
 
+    inferred = None
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
-    except Exception as exc:
-        raise ModelError(f"shape inference failed while changing the resolution: {' '.join(str(exc).split())[:300]}") from None
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=False, guess_output_rank=False)
+    except Exception:
+        inferred = None
+    if inferred is None:
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+        except Exception as exc:
+            raise ModelError(f"shape inference failed while changing the resolution: {' '.join(str(exc).split())[:300]}") from None
     out: dict[str, tuple[int, ...] | None] = {}
     for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
         tt = vi.type.tensor_type
@@ -155,6 +179,10 @@ def _groups(src: Sequence[int], dst: Sequence[int]) -> list[tuple[list[int], lis
     return groups
 
 
+Size = tuple[int, int]
+_HUGE = 2**62  # a Slice bound at least this big means "to the end" and never needs a rewrite
+
+
 def _ancestors_of(model: onnx.ModelProto) -> dict[str, set[str]]:
     """Node name -> names of the nodes upstream of it."""
     producer = {o: n.name for n in model.graph.node for o in n.output}
@@ -170,8 +198,8 @@ def _ancestors_of(model: onnx.ModelProto) -> dict[str, set[str]]:
     return up
 
 
-def _set_input(model: onnx.ModelProto, node, index: int, values, tag: str) -> None:
-    """Points input ``index`` of ``node`` at a new int64 initializer holding ``values``."""
+def _set_input(model: onnx.ModelProto, node, index: int, values, tag: str, dtype=None) -> None:
+    """Points input ``index`` of ``node`` at a new initializer holding ``values`` (int64 unless ``dtype``)."""
     import numpy as np
     from onnx import numpy_helper
 
@@ -179,7 +207,7 @@ def _set_input(model: onnx.ModelProto, node, index: int, values, tag: str) -> No
     for t in list(model.graph.initializer):
         if t.name == name:
             model.graph.initializer.remove(t)
-    model.graph.initializer.append(numpy_helper.from_array(np.asarray(values, dtype=np.int64), name))
+    model.graph.initializer.append(numpy_helper.from_array(np.asarray(values, dtype=dtype or np.int64), name))
     node.input[index] = name
 
 
@@ -189,6 +217,351 @@ def _drop_unused_constants(model: onnx.ModelProto) -> None:
         model.graph.initializer.remove(t)
     for n in [n for n in model.graph.node if n.op_type == "Constant" and n.output[0] not in used]:
         model.graph.node.remove(n)
+
+
+def _prefix(model: onnx.ModelProto, blocked: set[str]) -> onnx.ModelProto:
+    """``model`` without the ``blocked`` nodes; its outputs are the tensors they would read."""
+    import onnx
+
+    keep = [n for n in model.graph.node if n.name not in blocked]
+    made = {o for n in keep for o in n.output}
+    frontier = list(dict.fromkeys(x for n in model.graph.node if n.name in blocked for x in n.input if x in made))
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    del model.graph.output[:]
+    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(x) for x in frontier)
+    return model
+
+
+def _refuse(node, why: str) -> ModelError:
+    return ModelError(f"cannot change the resolution: {node.op_type} {node.name!r} {why}; "
+                      "give files per resolution in model.resolutions")
+
+
+class _Probe:
+    """Shapes of the partly rewritten model at every probe size, and the real dims of its settled part.
+
+    A dim is described by its *signature*: its values at every probe size (in ``sizes`` order), i.e.
+    a function of (H, W) sampled where it matters. ``real`` maps a base value to the signatures of the
+    dims of settled tensors (no pending rewrite upstream) that have it.
+    """
+
+    def __init__(self, shapes: dict[Size, dict], base: Size, settled: set[str]) -> None:
+        self.shapes, self.base, self.sizes = shapes, base, list(shapes)
+        self.real: dict[int, Counter] = {}
+        self.settled = settled
+        for name in settled:
+            for axis in range(len(shapes[base].get(name) or ())):
+                sig = self.sig(name, axis)
+                if sig is not None:
+                    self.real.setdefault(sig[0], Counter())[sig] += 1
+
+    def at(self, s: Size, name: str):
+        return self.shapes[s].get(name)
+
+    def all(self, name: str) -> dict[Size, tuple[int, ...]] | None:
+        got = {s: self.at(s, name) for s in self.sizes}
+        return None if any(v is None for v in got.values()) else got
+
+    def sig(self, name: str, axis: int) -> tuple[int, ...] | None:
+        got = self.all(name)
+        if got is None or any(len(v) <= axis for v in got.values()):
+            return None
+        return tuple(int(got[s][axis]) for s in self.sizes)
+
+    def h_of(self, s: Size) -> Size:
+        return (s[0], self.base[1])
+
+    def w_of(self, s: Size) -> Size:
+        return (self.base[0], s[1])
+
+    def kind(self, sig: Sequence[int]) -> str:
+        """'' (constant), 'h', 'w' or 'hw': which input dims the dim follows (probes 2H x W, H x 2W)."""
+        i = self.sizes.index
+        h0, w0 = self.base
+        h = sig[i((2 * h0, w0))] != sig[0]
+        w = sig[i((h0, 2 * w0))] != sig[0]
+        return ("h" if h else "") + ("w" if w else "")
+
+    def values(self, sig: Sequence[int]) -> dict[Size, int]:
+        return dict(zip(self.sizes, (int(v) for v in sig)))
+
+
+def _pick(node, value: int, candidates: list[tuple[int, ...]], p: _Probe, what: str) -> dict[Size, int]:
+    """The one function of (H, W) among ``candidates`` (signatures with base ``value``); refuses when they disagree."""
+    distinct = list(dict.fromkeys(candidates))
+    if len(distinct) > 1:
+        kinds = sorted({p.kind(s) or "constant" for s in distinct})
+        raise _refuse(node, f"{what} {value} matches dims that change differently with the input size "
+                            f"({', '.join(kinds)}): ambiguous")
+    return p.values(distinct[0])
+
+
+def _partner_sigs(model: onnx.ModelProto, node, p: _Probe, axis_from_end: int) -> list[tuple[int, ...]]:
+    """Signatures, at the same axis (counted from the end), of settled tensors the output of ``node`` is
+    combined with (the other inputs of its consumers: an Add, Mul or Concat partner)."""
+    out = []
+    for c in model.graph.node:
+        if node.output[0] not in c.input or c.op_type not in ("Add", "Mul", "Sub", "Div", "Concat", "Where"):
+            continue
+        for x in c.input:
+            if x == node.output[0] or x not in p.settled:
+                continue
+            shape = p.at(p.base, x)
+            if shape is None or len(shape) < axis_from_end:
+                continue
+            sig = p.sig(x, len(shape) - axis_from_end)
+            if sig is not None and (c.op_type != "Concat" or _concat_axis(c, len(shape)) != len(shape) - axis_from_end):
+                out.append(sig)
+    return out
+
+
+def _concat_axis(node, rank: int) -> int:
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+    return axis + rank if axis < 0 else axis
+
+
+def _roles(node, dims0: list[int], rh: dict, rw: dict, p: _Probe) -> dict[Size, list[int]]:
+    """Values of the target dims ``dims0`` of one Reshape group at every probe size.
+
+    Each dim takes a role: constant, follows H (times ``rh``), follows W (``rw``) or both; exactly one
+    dim carries each factor the group's size has. Of the roles whose values stay integral everywhere,
+    the one whose dims exist as real dims of the graph wins, then H before W (row-major NCHW order),
+    then the one where the larger dims scale.
+    """
+    scales_h = any(r != 1 for r in rh.values())
+    scales_w = any(r != 1 for r in rw.values())
+    if len(dims0) > 8:
+        raise _refuse(node, f"splits a dim that scales with the input into {len(dims0)} dims (too many to tell apart)")
+    new = p.sizes[-1]
+    options = []
+    for roles in itertools.product(("", "h", "w", "hw"), repeat=len(dims0)):
+        if sum("h" in r for r in roles) != int(scales_h) or sum("w" in r for r in roles) != int(scales_w):
+            continue
+        vals: dict[Size, list[int]] = {}
+        for s in p.sizes:
+            row = []
+            for d, r in zip(dims0, roles):
+                v = Fraction(d) * (rh[s] if "h" in r else 1) * (rw[s] if "w" in r else 1)
+                if v.denominator != 1 or v < 1:
+                    break
+                row.append(int(v))
+            else:
+                vals[s] = row
+                continue
+            break
+        if len(vals) != len(p.sizes):
+            continue
+        missing = sum(1 for k, r in enumerate(roles) if r and tuple(vals[s][k] for s in p.sizes) not in p.real.get(dims0[k], {}))
+        hpos = [k for k, r in enumerate(roles) if "h" in r]
+        wpos = [k for k, r in enumerate(roles) if "w" in r]
+        backwards = int(bool(hpos and wpos and hpos[0] > wpos[0]))
+        ones = sum(1 for d, r in zip(dims0, roles) if r and d == 1)
+        # last resort: the larger dim is the one that scales ([H] -> [H/2, 2] in a space-to-depth)
+        small = -sum(d for d, r in zip(dims0, roles) if r)
+        options.append(((missing, backwards, ones, small), vals))
+    if not options:
+        raise _refuse(node, f"splits input dims that scale with the input into {dims0}, and no split keeps "
+                            "whole dims at every size")
+    options.sort(key=lambda o: o[0])
+    best_score, best = options[0]
+    if any(score == best_score and vals[new] != best[new] for score, vals in options[1:]):
+        raise _refuse(node, f"splits input dims that scale with the input into {dims0} (ambiguous)")
+    return best
+
+
+def _reshape(model, node, target0: list[int], p: _Probe) -> dict[int, dict[Size, list[int]]]:
+    """Reshape: the target at every probe size (see the module docstring)."""
+    x = node.input[0]
+    src0, dst0 = p.at(p.base, x), p.at(p.base, node.output[0])
+    if src0 is None or dst0 is None:
+        raise _refuse(node, f"has no static input/output shape at {format_resolution(p.base)}")
+    groups = _groups(src0, dst0)
+    if groups is None:
+        raise _refuse(node, f"{list(src0)} -> {list(dst0)} has no row-major grouping")
+    src = p.all(x)
+    if src is None:
+        missing = next(s for s in p.sizes if p.at(s, x) is None)
+        raise _refuse(node, f"has no static input shape at {format_resolution(missing)}")
+    out = {s: list(target0) for s in p.sizes}
+    for gi, gj in groups:
+        size = {s: math.prod(src[s][i] for i in gi) for s in p.sizes}
+        p0 = size[p.base]
+        if all(v == p0 for v in size.values()):
+            continue
+        if any(size[s] * p0 != size[p.h_of(s)] * size[p.w_of(s)] for s in p.sizes):
+            raise _refuse(node, f"reshapes input dims {[src0[i] for i in gi]} whose size is not a product of a "
+                                "function of H and one of W")
+        rh = {s: Fraction(size[p.h_of(s)], p0) for s in p.sizes}
+        rw = {s: Fraction(size[p.w_of(s)], p0) for s in p.sizes}
+        vals = _roles(node, [dst0[j] for j in gj], rh, rw, p)
+        for s in p.sizes:
+            for k, j in enumerate(gj):
+                if target0[j] not in (0, -1, None):  # 0 copies the input dim, -1 absorbs the rest, None is
+                    # computed from the graph: all follow the input
+                    out[s][j] = vals[s][k]
+    return {1: out}
+
+
+def _resize(model, node, old: list[int], p: _Probe) -> dict[int, dict[Size, list[int]]]:
+    """Resize with constant sizes: an axis it does not resize follows its input; a resized one follows the
+    dim it is combined with (FPN skip), else a real dim of the same kind and value, else its input's scale."""
+    x = node.input[0]
+    src = p.all(x)
+    if src is None or len(src[p.base]) != len(old):
+        raise _refuse(node, "has constant sizes and no static input shape")
+    base_out = p.at(p.base, node.output[0])
+    old = [o if o is not None else base_out[i] for i, o in enumerate(old)]
+    rank = len(old)
+    out = {s: list(old) for s in p.sizes}
+    for i, o in enumerate(old):
+        s0 = src[p.base][i]
+        if s0 == o:
+            for s in p.sizes:
+                out[s][i] = src[s][i]
+            continue
+        kind = "h" if i == rank - 2 else "w" if i == rank - 1 else ""
+        partners = [g for g in _partner_sigs(model, node, p, rank - i) if g[0] == o]
+        same = [g for g, n in p.real.get(o, Counter()).items() for _ in range(n) if p.kind(g) == kind]
+        if partners:
+            vals = _pick(node, o, partners, p, "size")
+        elif kind and same:
+            vals = p.values(Counter(same).most_common(1)[0][0])
+        elif all(src[s][i] == s0 for s in p.sizes):
+            continue
+        else:
+            vals = {s: int(round(o * src[s][i] / s0)) for s in p.sizes}
+        for s in p.sizes:
+            out[s][i] = vals[s]
+    return {3: out}
+
+
+def _slice(model, node, bounds: dict[int, list[int]], p: _Probe) -> dict[int, dict[Size, list[int]]]:
+    """Slice: bounds on an axis that scales follow its end (or the real dim of the same kind they equal)."""
+    x = node.input[0]
+    src = p.all(x)
+    if src is None:
+        raise _refuse(node, "has no static input shape")
+    rank = len(src[p.base])
+    n = len(next(iter(bounds.values())))
+    axes = _constant(model, node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    axes = [int(a) + rank if int(a) < 0 else int(a) for a in (axes.reshape(-1) if axes is not None else range(n))]
+    steps = _constant(model, node.input[4]) if len(node.input) > 4 and node.input[4] else None
+    out = {idx: {s: list(v) for s in p.sizes} for idx, v in bounds.items()}
+    for k, a in enumerate(axes):
+        d = {s: src[s][a] for s in p.sizes}
+        d0 = d[p.base]
+        if all(v == d0 for v in d.values()):
+            continue
+        if steps is not None and int(steps.reshape(-1)[k]) < 0:
+            raise _refuse(node, f"slices axis {a} (which scales with the input) backwards")
+        kind = p.kind(tuple(d[s] for s in p.sizes))
+        for idx, vals in bounds.items():
+            v = int(vals[k])
+            if v <= 0 or v >= _HUGE:
+                continue  # from the start, relative to the end, or to the end: already follows
+            if v >= d0:
+                for s in p.sizes:
+                    out[idx][s][k] = d[s] + (v - d0)
+                continue
+            same = [g for g in p.real.get(v, ()) if p.kind(g) == kind]
+            if not same:
+                raise _refuse(node, f"cuts axis {a} at {v} of {d0}, which does not follow the input size")
+            got = _pick(node, v, same, p, "bound")
+            for s in p.sizes:
+                out[idx][s][k] = got[s]
+    return out
+
+
+def _expand(model, node, shape0: list[int], p: _Probe, x: str | None) -> dict[int, dict[Size, list[int]]]:
+    """Expand (shape) / ConstantOfShape (``x`` None): an entry equal to the input dim follows it; a new one
+    follows the dim it is combined with, else the one real dim with its value."""
+    src = p.all(x) if x is not None else None
+    if x is not None and src is None:
+        raise _refuse(node, "has no static input shape")
+    rank = len(shape0)
+    out = {s: list(shape0) for s in p.sizes}
+    for k, v in enumerate(shape0):
+        if v in (0, 1, -1, None):
+            continue
+        axis = k - (rank - len(src[p.base])) if src is not None else -1
+        if src is not None and axis >= 0 and src[p.base][axis] == v:
+            for s in p.sizes:
+                out[s][k] = src[s][axis]
+            continue
+        partners = [g for g in _partner_sigs(model, node, p, rank - k) if g[0] == v]
+        candidates = partners or [g for g in p.real.get(v, ())]
+        if not candidates or not any(p.kind(g) for g in candidates):
+            continue  # a constant: nothing of that size follows the input
+        got = _pick(node, v, candidates, p, "entry")
+        for s in p.sizes:
+            out[s][k] = got[s]
+    idx = 1 if x is not None else 0
+    return {idx: out}
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """Where entries ``start:start + len(values)`` of a node's shape input live: a constant input
+    ``index`` of node ``node`` (the shape input itself, or one constant piece of the Concat computing it)."""
+
+    node: str
+    index: int
+    start: int
+    values: tuple[int, ...]
+    dtype: Any
+
+
+_SHAPE_INPUTS = {"Reshape": (1,), "Resize": (3,), "Slice": (1, 2), "Expand": (1,), "ConstantOfShape": (0,)}
+
+
+def _baked(model: onnx.ModelProto, node, base: dict, producers: dict) -> dict[int, tuple[list, list[_Slot]]] | None:
+    """The baked shape inputs of ``node`` by input index: the vector (None where computed from the graph,
+    which follows the input by itself) and the constant slots it is made of; None when nothing is baked.
+    A shape input is baked when it is a constant or a Concat with constant pieces (torch.onnx's
+    ``Concat(Shape(x)[:2], [h, w])`` for ``F.interpolate(size=...)``)."""
+    out = {}
+    for i in _SHAPE_INPUTS.get(node.op_type, ()):
+        if len(node.input) <= i or not node.input[i]:
+            continue
+        name = node.input[i]
+        v = _constant(model, name)
+        if v is not None:
+            vals = [int(a) for a in v.reshape(-1)]
+            out[i] = (vals, [_Slot(node.name, i, 0, tuple(vals), v.dtype)])
+            continue
+        cat = producers.get(name)
+        if cat is None or cat.op_type != "Concat" or node.op_type == "Slice":
+            continue
+        full: list = []
+        slots = []
+        for j, piece in enumerate(cat.input):
+            c = _constant(model, piece)
+            if c is not None:
+                vals = [int(a) for a in c.reshape(-1)]
+                slots.append(_Slot(cat.name, j, len(full), tuple(vals), c.dtype))
+                full += vals
+            elif base.get(piece) is not None and len(base[piece]) == 1:
+                full += [None] * base[piece][0]
+            else:
+                break
+        else:
+            if slots:
+                out[i] = (full, slots)
+    return out or None
+
+
+def _targets(model, node, baked: dict[int, list], p: _Probe) -> dict[int, dict[Size, list]]:
+    op = node.op_type
+    if op == "Reshape":
+        return _reshape(model, node, baked[1], p)
+    if op == "Resize":
+        return _resize(model, node, baked[3], p)
+    if op == "Slice":
+        return _slice(model, node, baked, p)
+    if op == "Expand":
+        return _expand(model, node, baked[1], p, node.input[0])
+    return _expand(model, node, baked[0], p, None)
 
 
 def at_resolution(model: onnx.ModelProto, size: tuple[int, int], *, verify: bool = True) -> onnx.ModelProto:
@@ -206,84 +579,45 @@ def at_resolution(model: onnx.ModelProto, size: tuple[int, int], *, verify: bool
             _verify(out, (h, w))
         return out
     h0, w0 = orig
-    work = _with_size(model, (h, w))
-    base_model = _with_size(model, (h0, w0))
-    base = _shapes(base_model)
-    # which tensor dims scale with the input: probes at twice the size along each axis
+    work = _with_size(model, (h0, w0))
+    base_shapes = _shapes(work)  # the original is consistent at its own size: every shape known
+    producers = {o: n for n in work.graph.node for o in n.output}
+    baked = {n.name: b for n in work.graph.node if (b := _baked(work, n, base_shapes, producers)) is not None}
     ancestors = _ancestors_of(work)
-    reshapes = [n for n in work.graph.node if n.op_type == "Reshape" and _constant(work, n.input[1]) is not None]
-    resizes = [n for n in work.graph.node if n.op_type == "Resize" and len(n.input) > 3 and n.input[3]
-               and _constant(work, n.input[3]) is not None]
-    pending = {n.name for n in reshapes}
-    done_targets: dict[str, dict[tuple[int, int], list[int]]] = {}  # reshape -> size -> target
+    producer = {o: n.name for n in work.graph.node for o in n.output}
+    image = _image_input(work).name
+    # base first, the asked size last; (s.h, W0) and (H0, s.w) of every size are in the list
+    sizes = list(dict.fromkeys([(h0, w0), (2 * h0, w0), (h0, 2 * w0), (h, w0), (h0, w), (h, w)]))
+    done: dict[tuple[str, int], tuple[_Slot, dict[Size, list[int]]]] = {}  # (node, input) -> slot, values
 
-    def rewritten(at: tuple[int, int]):
+    def rewritten(at: Size) -> onnx.ModelProto:
         m = _with_size(model, at)
         by = {n.name: n for n in m.graph.node}
-        for name, targets in done_targets.items():
-            _set_input(m, by[name], 1, targets[at], "shape")
+        for (name, i), (slot, per_size) in done.items():
+            _set_input(m, by[name], i, per_size[at], f"at_resolution{i}", slot.dtype)
         return m
 
-    sizes = [(h, w), (2 * h0, w0), (h0, 2 * w0)]
+    nodes = {n.name: n for n in work.graph.node}
+    pending = set(baked)
     while pending:
-        shapes = {s: _shapes(rewritten(s)) for s in sizes}
-        ready = [n for n in reshapes if n.name in pending and not (ancestors[n.name] & pending)]
-        for node in ready:
-            pending.discard(node.name)
-            src0 = base.get(node.input[0])
-            target0 = [int(v) for v in _constant(work, node.input[1]).reshape(-1)]
-            dst0 = base.get(node.output[0])
-            if src0 is None or dst0 is None:
-                raise ModelError(
-                    f"cannot change the resolution: the input shape of Reshape {node.name!r} is not static at "
-                    f"{h0}x{w0}; give files per resolution in model.resolutions"
-                )
-            groups = _groups(src0, dst0)
-            if groups is None:
-                raise ModelError(f"cannot change the resolution: Reshape {node.name!r} {src0} -> {dst0} has no row-major grouping")
-            probe_h, probe_w = shapes[(2 * h0, w0)].get(node.input[0]), shapes[(h0, 2 * w0)].get(node.input[0])
-            targets: dict[tuple[int, int], list[int]] = {}
-            for at in sizes:
-                src = shapes[at].get(node.input[0])
-                if src is None or probe_h is None or probe_w is None:
-                    raise ModelError(
-                        f"cannot change the resolution: the input of Reshape {node.name!r} has no static shape at "
-                        f"{format_resolution(at)}; give files per resolution in model.resolutions"
-                    )
-                new = list(target0)
-                for gi, gj in groups:
-                    scales = any(probe_h[i] != src0[i] or probe_w[i] != src0[i] for i in gi)
-                    if not scales:
-                        continue
-                    if len(gj) == 1:
-                        j = gj[0]
-                        if target0[j] not in (0, -1):
-                            new[j] = math.prod(src[i] for i in gi)
-                        continue
-                    free = [j for j in gj if target0[j] == -1]
-                    if len(free) == 1:  # -1 absorbs the change
-                        continue
-                    raise ModelError(
-                        f"cannot change the resolution: Reshape {node.name!r} splits input dims {[src0[i] for i in gi]} "
-                        f"that scale with the input into {[dst0[j] for j in gj]} (ambiguous); give files per "
-                        "resolution in model.resolutions"
-                    )
-                targets[at] = new
-            done_targets[node.name] = targets
+        blocked = {n for n in nodes if n in pending or ancestors[n] & pending}
+        # shapes of the settled part only: downstream of a pending node the old constants still hold
+        shapes = {s: base_shapes if s == (h0, w0) else _shapes(_prefix(rewritten(s), blocked)) for s in sizes}
+        settled = {image} | {t for t, n in producer.items() if n not in blocked}
+        p = _Probe(shapes, (h0, w0), settled)
+        ready = [n for n in nodes if n in pending and not (ancestors[n] & pending)]
+        for name in ready:
+            pending.discard(name)
+            targets = _targets(work, nodes[name], {i: full for i, (full, _) in baked[name].items()}, p)
+            for i, per_size in targets.items():
+                for slot in baked[name][i][1]:
+                    end = slot.start + len(slot.values)
+                    values = {s: [int(v) for v in per_size[s][slot.start:end]] for s in sizes}
+                    if any(values[s] != list(slot.values) for s in sizes):
+                        done[(slot.node, slot.index)] = (slot, values)
         if not ready:  # pragma: no cover - a cycle cannot happen in a valid graph
-            raise ModelError(f"cannot order the Reshapes {sorted(pending)}")
+            raise ModelError(f"cannot order the nodes {sorted(pending)}")
     out = rewritten((h, w))
-    if resizes:
-        by = {n.name: n for n in out.graph.node}
-        shapes = _shapes(out)
-        for r in resizes:
-            node = by[r.name]
-            src0, src = base.get(r.input[0]), shapes.get(r.input[0])
-            old = [int(v) for v in _constant(out, node.input[3]).reshape(-1)]
-            if src0 is None or src is None or len(old) != len(src0):
-                raise ModelError(f"cannot change the resolution: Resize {r.name!r} has constant sizes and no static input shape")
-            new = [o if s0 == s else int(round(o * s / s0)) for o, s0, s in zip(old, src0, src)]
-            _set_input(out, node, 3, new, "sizes")
     _drop_unused_constants(out)
     if verify:
         _verify(out, (h, w))

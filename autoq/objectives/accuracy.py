@@ -18,6 +18,7 @@ from autoq.adapters import bind_input_size
 from autoq.adapters.base import Adapter, Detections, ImageMeta
 from autoq.data.coco import quiet_coco
 from autoq.data.preprocess import Preprocess
+from autoq.objectives.bootstrap import ImageStats
 from autoq.runtime.runner import run_model
 
 if TYPE_CHECKING:
@@ -175,6 +176,19 @@ class CocoEvaluation:
             out.append({"image_id": image_id, "category_id": c, "bbox": bb, "score": sc,
                         "area": bb[2] * bb[3], "id": self._detections, "iscrowd": 0})
         return out
+
+    def image_stats(self) -> ImageStats:
+        """The per-image results reduced for the paired bootstrap (`autoq.objectives.bootstrap`)."""
+        if self._next != len(self._eval_set.metas):
+            raise ValueError(f"{self._next} detections for {len(self._eval_set.metas)} images")
+        p = self._ev.params
+        max_det = p.maxDets[-1]
+        rows = [self._per_image[i] for i in p.imgIds]
+        area_all = list(p.areaRngLbl).index("all")
+        if area_all:
+            rows = [r[area_all:] for r in rows]
+        return ImageStats.from_eval_imgs(rows, len(p.catIds), len(p.areaRng), np.asarray(p.recThrs), max_det,
+                                         len(p.iouThrs))
 
     def result(self) -> CocoMetrics:
         """accumulate + summarize over every image added (all of the eval set must have been added)."""

@@ -82,6 +82,8 @@ class MetricResult:
     map_large: float = math.nan
     per_class_ap: Mapping[str, float] = field(default_factory=dict)
     extra: Mapping[str, float] = field(default_factory=dict)
+    # COCOeval's per-image results, reduced (`autoq.objectives.bootstrap.ImageStats`): the drop's interval
+    image_stats: Any = None
 
 
 class MetricContext:
@@ -240,7 +242,7 @@ class CocoMap:
             evaluation = CocoEvaluation(context.eval_set)
             for batch in context.detect_batches(outputs):
                 evaluation.add(batch)
-            return self._result(evaluation.result(), {})
+            return self._result(evaluation.result(), {}, evaluation.image_stats())
         es = context.memoized(
             ("pseudo_gt", self.pseudo_gt_score),
             lambda: pseudo_ground_truth(
@@ -252,8 +254,9 @@ class CocoMap:
         return self._result(coco_metrics(detections, es), output_similarity(context.reference, outputs))
 
     @staticmethod
-    def _result(m: Any, extra: dict[str, float]) -> MetricResult:
+    def _result(m: Any, extra: dict[str, float], image_stats: Any = None) -> MetricResult:
         return MetricResult(
+            image_stats=image_stats,
             value=m.map,
             map50=m.map50,
             map_small=m.map_small,

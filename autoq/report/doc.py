@@ -14,7 +14,7 @@ __all__ = ["Doc", "fmt"]
 _CSS = """body{font-family:sans-serif;margin:24px;max-width:1200px}table{border-collapse:collapse;margin:8px 0}
 td,th{border:1px solid #ccc;padding:2px 8px;text-align:right;font-size:13px}th{background:#f3f3f3}
 td:first-child,th:first-child{text-align:left}.bad{color:#b00020;font-weight:bold}.ok{color:#1b7f1b}
-details{margin:8px 0}pre{background:#f7f7f7;padding:8px}"""
+details{margin:8px 0}pre{background:#f7f7f7;padding:8px}tr.dim td{color:#9a9a9a}"""
 
 
 def fmt(v: Any, digits: int = 2) -> str:
@@ -50,14 +50,19 @@ class Doc:
         self.html.append(f"<pre>{html.escape(text)}</pre>")
         self.md += ["```", text, "```", ""]
 
-    def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]], *, collapsed: str = "") -> None:
+    def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]], *, collapsed: str = "",
+              dim: Sequence[bool] = ()) -> None:
+        """``dim[i]``: row i greyed (HTML) / italic (Markdown), e.g. a class with too few instances to judge."""
         cells = [[fmt(c) for c in r] for r in rows]
+        dim = list(dim) + [False] * (len(cells) - len(dim))
         head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in cells)
+        body = "".join(("<tr class='dim'>" if d else "<tr>") + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                       for r, d in zip(cells, dim))
         t = f"<table><tr>{head}</tr>{body}</table>"
         self.html.append(f"<details><summary>{html.escape(collapsed)}</summary>{t}</details>" if collapsed else t)
         md = ["| " + " | ".join(h.replace("|", "\\|") for h in headers) + " |", "|" + "---|" * len(headers)]
-        md += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in cells]
+        md += ["| " + " | ".join((f"_{c}_" if d and c else c).replace("|", "\\|") for c in r) + " |"
+               for r, d in zip(cells, dim)]
         if collapsed:
             self.md += [f"<details><summary>{collapsed}</summary>", "", *md, "", "</details>", ""]
         else:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from autoq.errors import SearchError
-from autoq.trial_record import FAIL_ATTR, OVER_BUDGET_ATTR, SCREENED_ATTR
+from autoq.trial_record import (
+    FAIL_ATTR,
+    INTERRUPTED_ATTR,
+    OVER_BUDGET_ATTR,
+    SCREENED_ATTR,
+)
 
 __all__ = ["counted_trials", "finished_trials", "get_trial", "in_flight_trials", "screened_count"]
 
@@ -17,11 +22,11 @@ def _retried_numbers(trials) -> set[int]:
 
 
 def counted_trials(study) -> list:
-    """Trials that count toward the budget: all but dropped over-budget ones and retried stale ones."""
+    """Trials that count toward the budget: all but dropped over-budget, screened, Ctrl-C-interrupted and retried stale ones."""
     trials = study.get_trials(deepcopy=False)
     retried = _retried_numbers(trials)
     return [t for t in trials if not t.user_attrs.get(OVER_BUDGET_ATTR) and not t.user_attrs.get(SCREENED_ATTR)
-            and t.number not in retried]
+            and not t.user_attrs.get(INTERRUPTED_ATTR) and t.number not in retried]
 
 
 def finished_trials(study) -> list:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from autoq.cache import read_json, write_json
+from autoq.cache import read_json, try_write_json
 from autoq.runtime.runner import run_model
 from autoq.runtime.session import SessionSettings, create_session, usable_cores
 
@@ -87,7 +87,7 @@ def tune_session(
             "onnxruntime": ort.__version__,
             "cpu_count": os.cpu_count(),
         }
-        write_json(path, record)
+        try_write_json(path, record)
     return winner
 
 

@@ -31,6 +31,8 @@ class SearchContext:
     calibration: Calibration | None = None
     screened: int = 0
     consecutive_screened: int = 0
+    duplicates: int = 0  # proposals that repeated a finished trial or a refused choice (not evaluated)
+    exhausted: bool = False  # so many repeats that the space is taken as searched: the loop stops
 
 
 def _layout_for(project: Project, study, sens, log: Log) -> SpaceLayout:

@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import traceback
 
+from autoq.model.resolution import format_resolution
 from autoq.pipeline import Project
 from autoq.plan import QuantConfig
 from autoq.results.trials import counted_trials
 from autoq.search.context import SearchContext
+from autoq.search.sampler import record_constraints
 from autoq.search.screen import enqueue_next_candidate, screen
 from autoq.search.space import suggest_layout_config
 from autoq.tracking.mlflow import Tracker
 from autoq.trial_record import (
+    BOOT_ATTR,
     CONFIG_ATTR,
-    CONSTRAINT_ATTR,
+    DUPLICATE_ATTR,
     FAIL_ATTR,
     INFEASIBLE_ATTR,
+    INTERRUPTED_ATTR,
     OVER_BUDGET_ATTR,
     PARTIAL_ATTR,
     REQUESTED_ATTR,
@@ -24,6 +28,7 @@ from autoq.trial_record import (
     SCREENED_ATTR,
     SEED_CONFIG_ATTR,
     STARTED_ATTR,
+    trial_config,
 )
 
 __all__ = ["constraint_values", "early_stop_images", "make_objective"]
@@ -48,6 +53,38 @@ def constraint_values(project: Project, drop: float, latency: float) -> list[flo
     return out or None
 
 
+def _same_config(project: Project, study, config: QuantConfig, number: int):
+    """The first completed trial (other than ``number``) that evaluated ``config`` exactly (the model's own
+    resolution and the original variant spelled or not), or None."""
+    import dataclasses
+
+    from optuna.trial import TrialState
+
+    def norm(c: QuantConfig) -> QuantConfig:
+        return dataclasses.replace(c, resolution=tuple(c.resolution or project.input_size), variant=c.variant or "")
+
+    want = norm(config)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.number != number and CONFIG_ATTR in t.user_attrs and norm(trial_config(t)) == want:
+            return t
+    return None
+
+
+def _refused(project: Project, config: QuantConfig) -> bool:
+    """The trial's (resolution, variant) was found unbuildable before the search (`validate_choices`)."""
+    size = config.resolution or project.input_size
+    return (format_resolution(size), config.variant or "") in project.root.refused
+
+
+def _debug_log(project: Project, text: str) -> None:
+    """Appends to ``<work_dir>/search-debug.log``: tracebacks stay out of the normal log but are kept."""
+    try:
+        with open(project.config.work_dir / "search-debug.log", "a", encoding="utf-8") as f:
+            f.write(text.rstrip() + "\n\n")
+    except OSError:
+        pass
+
+
 def make_objective(project: Project, study, ctx: SearchContext, tracker: Tracker, parent: str, budget: int):
     """The objective closure over this process's study, context, tracker and budget."""
     from optuna import TrialPruned
@@ -56,7 +93,7 @@ def make_objective(project: Project, study, ctx: SearchContext, tracker: Tracker
     precisions = project.allowed_precisions()
     early = early_stop_images(project)
 
-    def objective(trial) -> tuple[float, float]:
+    def run(trial) -> tuple[float, float]:
         trial.set_user_attr(STARTED_ATTR, trial.number)  # a retried copy inherits the attrs: keep the number
         earlier = [t for t in counted_trials(study) if t.number < trial.number]
         if len(earlier) >= budget:  # another worker filled the budget first
@@ -79,6 +116,24 @@ def make_objective(project: Project, study, ctx: SearchContext, tracker: Tracker
         if realized.changed:
             trial.set_user_attr(REQUESTED_ATTR, config.to_dict())
         config = realized.config
+        same = _same_config(project, study, config, trial.number)
+        if same is not None or _refused(project, config):
+            # evaluated once per study (its result reused), or a choice found unbuildable before the search
+            why = f"same configuration as trial {same.number}" if same is not None else "resolution/variant refused"
+            trial.set_user_attr(SCREENED_ATTR, why)
+            trial.set_user_attr(CONFIG_ATTR, config.to_dict())
+            if same is not None:
+                trial.set_user_attr(DUPLICATE_ATTR, same.number)
+                for k in ("map", "map_drop", "latency_ms"):
+                    if k in same.user_attrs:
+                        trial.set_user_attr(k, same.user_attrs[k])
+            ctx.duplicates += 1
+            if ctx.duplicates > max(50, 5 * budget):  # the sampler keeps proposing what is done: stop
+                ctx.exhausted = True
+                study.stop()
+            if ctx.model is not None:
+                enqueue_next_candidate(project, study, ctx)
+            raise TrialPruned(why)
         if not seeded and stale is None:
             why = screen(project, study, ctx, trial, config, budget)
             if why is not None:
@@ -86,12 +141,12 @@ def make_objective(project: Project, study, ctx: SearchContext, tracker: Tracker
                 ctx.consecutive_screened += 1
                 trial.set_user_attr(SCREENED_ATTR, why)
                 trial.set_user_attr(CONFIG_ATTR, config.to_dict())
-                c = constraint_values(project, trial.user_attrs.get("predicted_drop", 1.0), project.latency(config).total_ms)
-                if c is not None:
-                    trial.set_user_attr(CONSTRAINT_ATTR, c)
+                record_constraints(trial, constraint_values(project, trial.user_attrs.get("predicted_drop", 1.0),
+                                                            project.latency(config).total_ms))
                 enqueue_next_candidate(project, study, ctx)
                 raise TrialPruned(f"screened: {why}")
         ctx.consecutive_screened = 0
+        ctx.duplicates = 0
         trial.set_user_attr(CONFIG_ATTR, config.to_dict())
         counts = config.counts(project.quantizable_names)
         params = {
@@ -123,29 +178,56 @@ def make_objective(project: Project, study, ctx: SearchContext, tracker: Tracker
                     for k, v in part.metrics().items():
                         trial.set_user_attr(k, v)
                     trial.set_user_attr(PARTIAL_ATTR, True)
-                    c = constraint_values(project, part.map_drop, part.latency_ms)
-                    if c is not None:
-                        trial.set_user_attr(CONSTRAINT_ATTR, c)
+                    record_constraints(trial, constraint_values(project, part.map_drop, part.latency_ms))
                     tracker.finish_trial(run_id, config=config, result=part)
                     raise TrialPruned(f"drop {100 * part.map_drop:.2f} pt on {part.images} images")
             result = project.evaluate(config)
         except TrialPruned:
             raise
-        except Exception as exc:  # isolate the trial: record why, keep the study going
-            reason = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # isolate the trial: record why (one line), keep the study going
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+            tb = traceback.format_exc()
             trial.set_user_attr(FAIL_ATTR, reason[:2000])
-            trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
-            tracker.finish_trial(run_id, config=config, result=None, failure=reason)
+            trial.set_user_attr("traceback", tb[-4000:])
+            tracker.finish_trial(run_id, config=config, result=None, failure=reason, traceback=tb)
+            _debug_log(project, f"trial {trial.number} failed: {reason}\n{tb}")
             raise
         for k, v in result.metrics().items():
             trial.set_user_attr(k, v)
         trial.set_user_attr("seconds", dict(result.seconds))
+        if result.drop_boot:  # the drop's noise: intervals, and which front members are told apart
+            trial.set_user_attr(BOOT_ATTR, [round(x, 6) for x in result.drop_boot])
         if result.infeasible:
             trial.set_user_attr(INFEASIBLE_ATTR, list(result.infeasible))
-        c = constraint_values(project, result.map_drop, result.latency_ms)
-        if c is not None:
-            trial.set_user_attr(CONSTRAINT_ATTR, c)
+        record_constraints(trial, constraint_values(project, result.map_drop, result.latency_ms),
+                           infeasible=bool(result.infeasible))
         tracker.finish_trial(run_id, config=config, result=result)
         return result.map_drop, result.latency_ms
 
+    def objective(trial) -> tuple[float, float]:
+        try:
+            return run(trial)
+        except KeyboardInterrupt:  # Ctrl-C: the trial costs no budget slot and runs again next time
+            abandon_interrupted(study, tracker, trial)
+            objective.interrupted = True  # type: ignore[attr-defined]  # `optimize` re-raises after Optuna's tell
+            study.stop()
+            raise TrialPruned("interrupted") from None
+
+    objective.interrupted = False  # type: ignore[attr-defined]
     return objective
+
+
+def abandon_interrupted(study, tracker: Tracker, trial) -> None:
+    """Marks ``trial`` interrupted (not counted, see `autoq.results.trials.counted_trials`), closes its
+    MLflow run and queues its configuration again so the next run evaluates it."""
+    trial.set_user_attr(INTERRUPTED_ATTR, True)
+    attrs = trial.user_attrs
+    if attrs.get(RUN_ATTR):
+        tracker.close_stale(attrs[RUN_ATTR], f"interrupted (Ctrl-C) during trial {trial.number}; queued again", retried=True)
+    config = attrs.get(CONFIG_ATTR) or attrs.get(SEED_CONFIG_ATTR)
+    if attrs.get(SCREENED_ATTR) or attrs.get(OVER_BUDGET_ATTR):
+        return
+    retry = {k: v for k, v in attrs.items() if k in ("seed",)}
+    if config is not None:
+        retry[SEED_CONFIG_ATTR] = config
+    study.enqueue_trial(trial.params, user_attrs=retry, skip_if_exists=False)

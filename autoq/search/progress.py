@@ -7,12 +7,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from autoq.results.front import front_trials
+from autoq.plan import percentile_interval
+from autoq.results.front import front_run_labels, front_trials
 from autoq.results.trials import finished_trials
 from autoq.tracking.mlflow import Tracker
 from autoq.trial_record import (
+    BOOT_ATTR,
     FAIL_ATTR,
     INFEASIBLE_ATTR,
+    INTERRUPTED_ATTR,
     OVER_BUDGET_ATTR,
     RUN_ATTR,
     SCREENED_ATTR,
@@ -34,15 +37,19 @@ class Progress:
     A failure reason seen before is not repeated: the line names the first trial that had it.
     """
 
-    def __init__(self, log: Log, budget: int, done_before: int, timeout: float | None, target: str = "the target") -> None:
+    def __init__(self, log: Log, budget: int, done_before: int, timeout: float | None, target: str = "the target", *,
+                 max_drop: float | None = None, images: int = 0) -> None:
         self.log, self.budget, self.done_before, self.timeout, self.target = log, budget, done_before, timeout, target
         self.start = time.perf_counter()
         self.failures: dict[str, int] = {}
+        self.max_drop = max_drop  # points (search.max_map_drop): an interval wider says the eval set is too small
+        self.images = images
+        self.warned_noise = False
 
     def __call__(self, study, trial) -> None:
         from optuna.trial import TrialState
 
-        if trial.user_attrs.get(OVER_BUDGET_ATTR) or trial.user_attrs.get(SCREENED_ATTR):
+        if trial.user_attrs.get(OVER_BUDGET_ATTR) or trial.user_attrs.get(SCREENED_ATTR) or trial.user_attrs.get(INTERRUPTED_ATTR):
             return
         done = len(finished_trials(study))
         ran = max(done - self.done_before, 1)
@@ -51,7 +58,16 @@ class Progress:
         if self.timeout is not None:
             left = min(left, max(self.timeout - elapsed, 0.0))
         if trial.state is TrialState.COMPLETE:
-            now = f"drop {100 * trial.values[0]:.2f} pt, {trial.values[1]:.3f} ms"
+            boot = trial.user_attrs.get(BOOT_ATTR)
+            ci = percentile_interval(boot) if boot else None
+            now = f"drop {100 * trial.values[0]:.2f} pt" + (f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else "")
+            now += f", {trial.values[1]:.3f} ms"
+            if ci and self.max_drop and not self.warned_noise and 100 * (ci[1] - ci[0]) > self.max_drop:
+                self.warned_noise = True
+                self.log(f"note: the eval set is too small for the drops asked: trial {trial.number}'s 95% interval is "
+                         f"{100 * (ci[1] - ci[0]):.2f} pt wide on {self.images or '?'} images, wider than search.max_map_drop="
+                         f"{self.max_drop:g} pt; drops closer than that cannot be told apart. Add images to "
+                         "data.eval_images (the interval narrows as 1/sqrt(images)).")
             refused = trial.user_attrs.get(INFEASIBLE_ATTR)
             if refused:
                 now += f" -- does not compile on {self.target}: {refused[0]}" + (f" (+{len(refused) - 1})" if len(refused) > 1 else "")
@@ -91,8 +107,9 @@ class ParetoTags:
         if trial.state is not TrialState.COMPLETE:
             return  # only a completed trial can change the front
         try:
-            front = {t.user_attrs.get(RUN_ATTR) for t in front_trials(study, self.project)}
-            self.tracker.update_pareto(self.parent, front - {None})
+            labels = front_run_labels(study, self.project)
+            front = labels or ({t.user_attrs.get(RUN_ATTR) for t in front_trials(study, self.project)} - {None})
+            self.tracker.update_pareto(self.parent, front)
         except Exception as exc:
             if not self.warned:
                 self.warned = True

@@ -6,10 +6,29 @@ from autoq.config import SAMPLERS
 from autoq.errors import SearchError
 from autoq.trial_record import CONSTRAINT_ATTR, INFEASIBLE_ATTR
 
-__all__ = ["AUTO_SAMPLER", "make_sampler"]
+__all__ = ["AUTO_SAMPLER", "make_sampler", "record_constraints"]
 
 #: what ``search.sampler: auto`` means (chosen by measurement, see README "Search")
 AUTO_SAMPLER = "tpe"
+
+
+def _trial_constraints_api() -> bool:
+    """Optuna >= 5 reads constraints set on the trial (``Trial.set_constraint``); ``constraints_func`` is
+    deprecated there (a FutureWarning per sampler). Older versions only have ``constraints_func``."""
+    import optuna
+
+    return hasattr(optuna.trial.Trial, "set_constraint")
+
+
+def record_constraints(trial, values: list[float] | None, *, infeasible: bool = False) -> None:
+    """Stores a trial's constraint values (``<= 0`` = feasible): user attr ``constraint`` (read by the
+    reports) and, on Optuna >= 5, the trial's own constraints (read by the samplers)."""
+    if values is not None:
+        trial.set_user_attr(CONSTRAINT_ATTR, values)
+    if _trial_constraints_api() and (values is not None or infeasible):
+        for k, v in enumerate(values or ()):
+            trial.set_constraint(f"limit{k}", float(v))
+        trial.set_constraint("compiles", 1.0 if infeasible else 0.0)
 
 
 def _constraints_func(trial) -> list[float]:
@@ -29,7 +48,7 @@ def make_sampler(cfg, seed: int, name: str | None = None, *, compile_limits: boo
     if name == "auto":
         name = AUTO_SAMPLER
     constrained = cfg.search.max_map_drop is not None or cfg.search.max_latency_ms is not None or compile_limits
-    cf = _constraints_func if constrained else None
+    cf = _constraints_func if constrained and not _trial_constraints_api() else None
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=False, constant_liar=True,
                                           constraints_func=cf, n_startup_trials=min(10, max(4, cfg.search.budget // 8)))

@@ -63,12 +63,12 @@ def enqueue_next_candidate(project: Project, study, ctx: SearchContext) -> None:
 
     ctx.items, _ = knapsack_items(ctx.model, project.model.nodes, project.target, project.allowed_precisions(),
                                   ctx.calibration)
-    tried = set()
+    tried = set()  # as the toolchain builds them: two requests it builds alike are one configuration
     for t in study.get_trials(deepcopy=False):
         if CONFIG_ATTR in t.user_attrs:
             tried.add(trial_config(t))
         elif SEED_CONFIG_ATTR in t.user_attrs and t.state is TrialState.WAITING:
-            tried.add(QuantConfig.from_dict(t.user_attrs[SEED_CONFIG_ATTR]))
+            tried.add(project.realize(QuantConfig.from_dict(t.user_attrs[SEED_CONFIG_ATTR])).config)
     s = project.config.search
     top = s.max_map_drop / 100.0 if s.max_map_drop is not None else max(
         [t.values[0] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))] + [0.01])
@@ -76,7 +76,7 @@ def enqueue_next_candidate(project: Project, study, ctx: SearchContext) -> None:
     bounds = sorted(rng.uniform(0.02, 1.0, 8) * top)
     resolutions, variants = project.resolution_choices(), project.variant_choices()
     for b, pred, c in knapsack_configs(project, ctx, bounds):
-        if c in tried:
+        if project.realize(c).config in tried:
             continue
         params = layout_params_of(c, ctx.layout, resolutions=resolutions, variants=variants)
         params = {k: v for k, v in params.items() if k not in ("resolution", "variant")}

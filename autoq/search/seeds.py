@@ -11,6 +11,7 @@ from autoq.errors import SearchError
 from autoq.model.resolution import format_resolution, parse_resolution
 from autoq.pipeline import Project
 from autoq.plan import Precision, QuantConfig
+from autoq.quant.ranges import RANGE_ESTIMATORS
 from autoq.search.context import SearchContext
 from autoq.search.space import layout_params_of
 from autoq.search.surrogate import knapsack
@@ -45,6 +46,13 @@ def load_seed_configs(project: Project) -> list[tuple[str, QuantConfig]]:
             if p.value not in allowed:
                 raise SearchError(f"search.seeds: {path}: precision {p.value} for node {node!r} is not allowed "
                                   f"(target {project.target.name}, space.precisions: {sorted(allowed)})")
+        method = config.calibration.method
+        if method not in RANGE_ESTIMATORS and ":" not in method:
+            raise SearchError(f"search.seeds: {path}: calibration method {method!r} is not a range estimator; "
+                              f"known: {', '.join(RANGE_ESTIMATORS.names())}")
+        pct = config.calibration.percentile
+        if pct is not None and not 0 < float(pct) <= 100:
+            raise SearchError(f"search.seeds: {path}: calibration.percentile {pct} must be in (0, 100], e.g. 99.99")
         out.append((path.name, config))
     return out
 
@@ -118,6 +126,16 @@ def enqueue_seeds(project: Project, study, ctx: SearchContext, user_seeds: list[
         bounds = knapsack_bounds(project, ctx.model, cfg.search.knapsack_seeds)
         for b, pred, c in knapsack_configs(project, ctx, bounds):
             seeds.append((f"knapsack<={100 * b:.2f}pt (predicted {100 * pred:.2f})", dataclasses.replace(c, resolution=resolution)))
+    unique: list[tuple[str, QuantConfig]] = []
+    first: dict[QuantConfig, str] = {}
+    for label, c in seeds:  # a configuration is evaluated once: seeds the toolchain builds alike are one trial
+        built = project.realize(c).config
+        if built in first:
+            log(f"search: seed {label} not enqueued: same configuration as seed {first[built]}")
+            continue
+        first[built] = label
+        unique.append((label, c))
+    seeds = unique
     for label, c in seeds:
         note = projection_note(project, f"seed {label}", c) if label.startswith("user:") else None
         if note:

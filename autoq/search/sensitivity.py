@@ -270,6 +270,8 @@ def run_sensitivity(
             return Sensitivity.from_dict(cached)
         except Exception:
             pass  # an old format: recompute
+    elif not force and path.exists():
+        log(f"note: sensitivity cache {path.name} is unreadable; recomputing the sweep")
     t0 = time.perf_counter()
     _ = project.stats
     log(f"sensitivity: {len(units)} units ({len(project.quantizable_names)} nodes) on {n} images, "

@@ -19,6 +19,26 @@ from autoq.plan import QuantConfig, TrialResult
 from autoq.trial_record import FAIL_ATTR, RUN_ATTR
 
 EXPERIMENT_KIND = "mlflow.experimentKind"
+NOTE = "mlflow.note.content"  # a run's description (markdown) in the MLflow UI
+
+#: Trial metrics on the 0..1 scale, logged to MLflow in mAP points under these names (what people
+#: filter and chart: ``metrics.map_drop_pt < 1``); Optuna keeps the 0..1 values.
+POINT_METRICS = {
+    "map": "map_pt", "map50": "map50_pt", "map_small": "map_small_pt", "map_medium": "map_medium_pt",
+    "map_large": "map_large_pt", "map_drop": "map_drop_pt", "map_drop_lo": "map_drop_pt_lo",
+    "map_drop_hi": "map_drop_pt_hi",
+}
+
+
+def mlflow_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    """A trial's metrics as MLflow shows them: mAP values in points, every value rounded to 4 decimals."""
+    out = {}
+    for k, v in metrics.items():
+        v = float(v)
+        if k in POINT_METRICS:
+            k, v = POINT_METRICS[k], 100.0 * v
+        out[k] = round(v, 4) if v == v else v
+    return out
 
 
 def _quiet() -> None:
@@ -78,7 +98,8 @@ class Tracker:
         return run.info.run_id
 
     def finish_trial(
-        self, run_id: str, *, config: QuantConfig, result: TrialResult | None, failure: str | None = None
+        self, run_id: str, *, config: QuantConfig, result: TrialResult | None, failure: str | None = None,
+        traceback: str | None = None,
     ) -> None:
         """Logs the trial's metrics and QuantConfig YAML and closes its run."""
         from mlflow.entities import Metric, RunTag
@@ -86,8 +107,8 @@ class Tracker:
         ts = self._now()
         metrics: dict[str, float] = {}
         if result is not None:
-            metrics.update(result.metrics())
-            metrics.update({f"latency.{k}": float(v) for k, v in result.latency_breakdown.items()})
+            metrics.update(mlflow_metrics(result.metrics()))
+            metrics.update({f"latency.{k}": round(float(v), 4) for k, v in result.latency_breakdown.items()})
             metrics.update({f"seconds.{k}": float(v) for k, v in result.seconds.items()})
         partial = result is not None and result.partial
         tags = [RunTag("state", "failed" if failure else ("pruned" if partial else "complete")),
@@ -96,10 +117,12 @@ class Tracker:
             tags.append(RunTag("failure_reason", failure[:5000]))
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()], tags=tags)
         self.client.log_text(run_id, yaml.safe_dump(config.to_dict(), sort_keys=False), "quant_config.yaml")
+        if traceback:  # a failed trial's traceback: kept here, not printed in the search log
+            self.client.log_text(run_id, traceback, "traceback.txt")
         if result is not None and result.latency_table:
             self.client.log_text(run_id, result.latency_table, "latency_breakdown.csv")
         if result is not None and result.per_class_ap:
-            lines = ["class,ap"] + [f"{k},{v:.6f}" for k, v in result.per_class_ap.items()]
+            lines = ["class,ap_pt"] + [f"{k},{100 * v:.2f}" for k, v in result.per_class_ap.items()]
             self.client.log_text(run_id, "\n".join(lines) + "\n", "per_class_ap.csv")
         self.client.set_terminated(run_id, status="FAILED" if failure else "FINISHED")
 
@@ -133,12 +156,17 @@ class Tracker:
         for run_id in all_runs:
             self.client.set_tag(run_id, "pareto", "true" if run_id in front else "false")
 
-    def update_pareto(self, parent_id: str, members: Iterable[str]) -> int:
+    def update_pareto(self, parent_id: str, members: Iterable[str] | Mapping[str, tuple[str, str]]) -> int:
         """Makes tag ``pareto`` match ``members`` among the parent's trial runs, writing only the runs
         whose membership changed (one search for the runs tagged true now); returns how many changed.
-        Exact across workers: it compares with what MLflow holds, not with what this process wrote."""
+        Exact across workers: it compares with what MLflow holds, not with what this process wrote.
+
+        ``members`` may map each run id to its (run name, description): front members are then named
+        and described so they read at a glance in the runs table (written only when they differ), and
+        a run that leaves the front gets its plain name ``trial N`` back."""
+        labels = dict(members) if isinstance(members, Mapping) else {}
         front = {m for m in members if m}
-        now: set[str] = set()
+        now: dict[str, Any] = {}
         token = None
         while True:
             page = self.client.search_runs(
@@ -147,14 +175,47 @@ class Tracker:
                 max_results=1000,
                 page_token=token,
             )
-            now.update(r.info.run_id for r in page)
+            now.update((r.info.run_id, r) for r in page)
             token = page.token
             if not token:
                 break
-        changed = (front - now) | (now - front)
+        changed = (front - set(now)) | (set(now) - front)
         for run_id in sorted(changed):
             self.client.set_tag(run_id, "pareto", "true" if run_id in front else "false")
+            if run_id not in front and labels:
+                run = now[run_id]
+                self.client.update_run(run_id, name=f"trial {run.data.tags.get('autoq.trial', '?')}")
+                self.client.set_tag(run_id, NOTE, "")
+        for run_id, (name, note) in labels.items():
+            run = now.get(run_id)
+            if run is None or run.info.run_name != name:
+                self.client.update_run(run_id, name=name)
+            if run is None or run.data.tags.get(NOTE) != note:
+                self.client.set_tag(run_id, NOTE, note)
         return len(changed)
+
+    def set_description(self, run_id: str, markdown: str) -> None:
+        """The run's description in the MLflow UI (tag ``mlflow.note.content``)."""
+        self.client.set_tag(run_id, NOTE, markdown)
+
+    def front_chart(self, parent_id: str, points: Iterable[tuple[float, float]], *, name: str) -> str:
+        """A child run holding the front as one metric history, ``drop_pt_vs_step_latency_us`` (drop in points at step = latency in µs):
+        its chart in the MLflow UI is the front, every member on it (the runs chart shows only the
+        first 10 runs). Replaces the one an earlier finish of the study wrote."""
+        from mlflow.entities import Metric
+
+        old = self.client.search_runs(
+            [self.experiment_id], f"tags.`autoq.kind` = 'front' and tags.`mlflow.parentRunId` = '{parent_id}'")
+        for r in old:
+            self.client.delete_run(r.info.run_id)
+        run = self.client.create_run(self.experiment_id, run_name=name,
+                                     tags={"mlflow.parentRunId": parent_id, "autoq.kind": "front"})
+        ts = self._now()
+        metrics = [Metric("drop_pt_vs_step_latency_us", round(100 * drop, 4), ts, int(round(1000 * lat))) for drop, lat in points]
+        for i in range(0, len(metrics), 900):
+            self.client.log_batch(run.info.run_id, metrics=metrics[i : i + 900])
+        self.client.set_terminated(run.info.run_id)
+        return run.info.run_id
 
     def log_dir(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(run_id, str(local_dir), artifact_path)
