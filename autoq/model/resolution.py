@@ -11,14 +11,24 @@ on a square model. Rewritten (op type: baked input):
   ``g(H) * k(W)`` and each target dim takes a role -- constant, follows H, follows W, or both -- so the
   products match at every probe. Channel shuffles ``[N, 2, C/2, H, W]``, flattened heads
   ``[N, C, H*W]`` and a flattened ``H*W`` split back into ``[H, W]`` are all unambiguous this way; when
-  several roles fit, the one whose dims exist as real tensor dims of the graph wins, then H before W
-  (row-major NCHW/NHWC order).
+  several roles fit equally well, the nearest tensor upstream carrying them consecutively decides (the
+  fallback below: read at run time where it differs from H before W); without one, H before W.
 * ``Resize`` (sizes): a spatial size equal to a real H (W) dim of the graph follows that dim (an FPN
   upsample to its skip connection's size), else it scales with the Resize input.
 * ``Slice`` (starts/ends on an axis that scales): ``ends`` reaching the old end follow the new end; an
-  interior bound equal to a real dim of the same axis follows it; negative bounds are kept.
-* ``Expand`` (shape) and ``ConstantOfShape`` (input): an entry equal to the broadcast input dim follows
-  it; a new entry follows the one real dim function with that value (ambiguous: refused).
+  interior bound equal to a real dim of the same axis follows it; other starts (YOLOX's Focus
+  ``x[..., 1::2, :]``) are offsets and kept; negative bounds are kept.
+* ``Expand`` (shape, also torch's ``Where(Equal(shape, -1), 1, shape)``) and ``ConstantOfShape``
+  (input): an entry equal to the broadcast input dim follows it; a new entry follows the dim it is
+  combined with, else the one real dim function with that value.
+
+Fallback where the value stays ambiguous (an 8 that is C, H and W of a square model): the entry is
+computed at run time from the shape of a tensor that carries it -- for a Reshape the nearest settled
+tensor upstream whose consecutive dims (each times a small factor) give the target dims with the same
+product at every probe; for Expand / ConstantOfShape / Resize the nearest one (the node's partners first)
+with that value at that axis -- as ``Shape -> Gather(axes) [-> Mul/Div] -> Concat`` with the constant
+entries, so the graph follows its input. New nodes are named ``<node fed>/at_resolution<i>/...``; no
+existing node is renamed. When no tensor carries the dims the constant is refused.
 
 Constants are processed in topological order (a node downstream of another sees its input at the new
 size only once the upstream one is rewritten). A constant that no rule explains raises ModelError naming
@@ -211,6 +221,79 @@ def _set_input(model: onnx.ModelProto, node, index: int, values, tag: str, dtype
     node.input[index] = name
 
 
+def _set_computed(model: onnx.ModelProto, node, index: int, entries: Sequence, tag: str, dtype=None) -> None:
+    """Points input ``index`` of ``node`` at a vector computed from run-time shapes: constants stay
+    initializers, each ``_Dim`` run is Shape(tensor) -> Gather(axes) (-> Mul / Div by its factor), all
+    joined by one Concat. New nodes and tensors are named ``<node>/<tag>/...``; other names are kept."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    base = f"{node.name}/{tag}"
+    made: list = []
+    pieces: list[str] = []
+    shapes: dict[str, str] = {}
+
+    def const(name: str, values) -> str:
+        model.graph.initializer.append(numpy_helper.from_array(np.asarray(values, np.int64), f"{base}/{name}"))
+        return f"{base}/{name}"
+
+    def add(op: str, inputs: list[str], name: str, **attrs) -> str:
+        made.append(helper.make_node(op, inputs, [f"{base}/{name}"], name=f"{base}/{name}", **attrs))
+        return f"{base}/{name}"
+
+    k = 0
+    while k < len(entries):
+        e = entries[k]
+        if not isinstance(e, _Dim):
+            end = next((j for j in range(k, len(entries)) if isinstance(entries[j], _Dim)), len(entries))
+            pieces.append(const(f"const{k}", [int(v) for v in entries[k:end]]))
+            k = end
+            continue
+        if e.tensor not in shapes:
+            shapes[e.tensor] = add("Shape", [e.tensor], f"Shape{len(shapes)}")
+        end = k + 1  # neighbours read from the same tensor without a factor share one Gather
+        while (e.num == e.den == 1 and end < len(entries) and isinstance(entries[end], _Dim)
+               and entries[end].tensor == e.tensor and entries[end].num == entries[end].den == 1):
+            end += 1
+        out = add("Gather", [shapes[e.tensor], const(f"axes{k}", [d.axis for d in entries[k:end]])], f"Gather{k}", axis=0)
+        if e.num != 1:
+            out = add("Mul", [out, const(f"num{k}", [e.num])], f"Mul{k}")
+        if e.den != 1:
+            out = add("Div", [out, const(f"den{k}", [e.den])], f"Div{k}")
+        pieces.append(out)
+        k = end
+    out = pieces[0] if len(pieces) == 1 else add("Concat", pieces, "Concat", axis=0)
+    if dtype is not None and np.dtype(dtype) != np.int64:
+        out = add("Cast", [out], "Cast", to=helper.np_dtype_to_tensor_dtype(np.dtype(dtype)) or TensorProto.INT64)
+    model.graph.node.extend(made)
+    node.input[index] = out
+
+
+def _toposort(model: onnx.ModelProto) -> None:
+    """Stable topological order (the fallback's nodes are appended last but feed earlier ones)."""
+    nodes = list(model.graph.node)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+    order: list[int] = []
+    state: dict[int, int] = {}
+    for root in range(len(nodes)):
+        stack = [(root, False)]
+        while stack:
+            i, expanded = stack.pop()
+            if expanded:
+                state[i] = 2
+                order.append(i)
+                continue
+            if state.get(i):
+                continue
+            state[i] = 1
+            stack.append((i, True))
+            deps = sorted({producer[x] for x in nodes[i].input if x in producer}, reverse=True)
+            stack.extend((d, False) for d in deps if not state.get(d))
+    if order != list(range(len(nodes))):
+        del model.graph.node[:]
+        model.graph.node.extend(nodes[i] for i in order)
+
+
 def _drop_unused_constants(model: onnx.ModelProto) -> None:
     used = {x for n in model.graph.node for x in n.input} | {o.name for o in model.graph.output}
     for t in [t for t in model.graph.initializer if t.name not in used]:
@@ -220,12 +303,14 @@ def _drop_unused_constants(model: onnx.ModelProto) -> None:
 
 
 def _prefix(model: onnx.ModelProto, blocked: set[str]) -> onnx.ModelProto:
-    """``model`` without the ``blocked`` nodes; its outputs are the tensors they would read."""
+    """``model`` without the ``blocked`` nodes; its outputs are the tensors they would read and the
+    model's own outputs it still makes (so inference keeps every settled tensor's shape)."""
     import onnx
 
     keep = [n for n in model.graph.node if n.name not in blocked]
     made = {o for n in keep for o in n.output}
-    frontier = list(dict.fromkeys(x for n in model.graph.node if n.name in blocked for x in n.input if x in made))
+    frontier = list(dict.fromkeys([*(x for n in model.graph.node if n.name in blocked for x in n.input if x in made),
+                                   *(o.name for o in model.graph.output if o.name in made)]))
     del model.graph.node[:]
     model.graph.node.extend(keep)
     del model.graph.output[:]
@@ -236,6 +321,21 @@ def _prefix(model: onnx.ModelProto, blocked: set[str]) -> onnx.ModelProto:
 def _refuse(node, why: str) -> ModelError:
     return ModelError(f"cannot change the resolution: {node.op_type} {node.name!r} {why}; "
                       "give files per resolution in model.resolutions")
+
+
+class _Ambiguous(ModelError):
+    """A baked value matches dims that change differently: the caller may read it from a carrier tensor."""
+
+
+@dataclass(frozen=True)
+class _Dim:
+    """A shape entry computed at run time: dim ``axis`` of ``tensor`` times ``num`` / ``den`` (the fallback
+    for a constant whose function of (H, W) is ambiguous: Shape -> Gather -> Mul/Div -> Concat)."""
+
+    tensor: str
+    axis: int
+    num: int = 1
+    den: int = 1
 
 
 class _Probe:
@@ -292,8 +392,8 @@ def _pick(node, value: int, candidates: list[tuple[int, ...]], p: _Probe, what: 
     distinct = list(dict.fromkeys(candidates))
     if len(distinct) > 1:
         kinds = sorted({p.kind(s) or "constant" for s in distinct})
-        raise _refuse(node, f"{what} {value} matches dims that change differently with the input size "
-                            f"({', '.join(kinds)}): ambiguous")
+        raise _Ambiguous(_refuse(node, f"{what} {value} matches dims that change differently with the input size "
+                            f"({', '.join(kinds)}): ambiguous").args[0])
     return p.values(distinct[0])
 
 
@@ -321,13 +421,14 @@ def _concat_axis(node, rank: int) -> int:
     return axis + rank if axis < 0 else axis
 
 
-def _roles(node, dims0: list[int], rh: dict, rw: dict, p: _Probe) -> dict[Size, list[int]]:
+def _roles(node, dims0: list[int], rh: dict, rw: dict, p: _Probe) -> tuple[dict[Size, list[int]] | None, bool]:
     """Values of the target dims ``dims0`` of one Reshape group at every probe size.
 
     Each dim takes a role: constant, follows H (times ``rh``), follows W (``rw``) or both; exactly one
     dim carries each factor the group's size has. Of the roles whose values stay integral everywhere,
     the one whose dims exist as real dims of the graph wins, then H before W (row-major NCHW order),
-    then the one where the larger dims scale.
+    then the one where the larger dims scale. Returns (values, contested): values None when even the
+    tie-breaks cannot choose, contested when a reading as well supported by real dims differs.
     """
     scales_h = any(r != 1 for r in rh.values())
     scales_w = any(r != 1 for r in rw.values())
@@ -365,9 +466,72 @@ def _roles(node, dims0: list[int], rh: dict, rw: dict, p: _Probe) -> dict[Size, 
                             "whole dims at every size")
     options.sort(key=lambda o: o[0])
     best_score, best = options[0]
+    # contested: another reading as well supported by real dims differs somewhere (only the H-before-W /
+    # larger-dim tie-breaks chose); the caller then asks the graph (a tensor carrying these dims)
+    contested = any(score[0] == best_score[0] and vals != best for score, vals in options[1:])
     if any(score == best_score and vals[new] != best[new] for score, vals in options[1:]):
-        raise _refuse(node, f"splits input dims that scale with the input into {dims0} (ambiguous)")
-    return best
+        return None, True
+    return best, contested
+
+
+_CARRIERS = 64  # tensors searched for a carrier: the nearest ones, so a match is the graph's own dims
+
+
+def _upstream(model: onnx.ModelProto, start: Sequence[str]):
+    """Tensors upstream of ``start`` (themselves first), nearest first."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    seen, queue = set(), list(start)
+    while queue and len(seen) < _CARRIERS:
+        t = queue.pop(0)
+        if t in seen or not t:
+            continue
+        seen.add(t)
+        yield t
+        if t in producer:
+            queue.extend(producer[t].input)
+
+
+def _factor(a: int, b: int) -> Fraction | None:
+    """b / a when it is a small ratio (an exporter's ``H // 2`` or ``2 * W``), else None."""
+    f = Fraction(b, a) if a else None
+    return f if f is not None and f.numerator <= 4 and f.denominator <= 4 else None
+
+
+def _carrier_run(model, x: str, dims: list[int], size: dict[Size, int], p: _Probe):
+    """Reshape fallback: the nearest settled tensor upstream of ``x`` with consecutive dims that give
+    ``dims`` (each times a small factor, fewest factors first) and whose product follows the group's
+    ``size`` at every probe. Returns (one ``_Dim`` per entry, their values at every probe) or None."""
+    for t in _upstream(model, [x]):
+        got = p.all(t) if t in p.settled else None
+        if got is None:
+            continue
+        rank, found = len(got[p.base]), []
+        for a in range(rank - len(dims) + 1):
+            fs = [_factor(got[p.base][a + k], d) for k, d in enumerate(dims)]
+            if any(f is None for f in fs):
+                continue
+            vals = {s: [got[s][a + k] * f for k, f in enumerate(fs)] for s in p.sizes}
+            if all(v.denominator == 1 for row in vals.values() for v in row) and \
+                    all(math.prod(vals[s]) == size[s] for s in p.sizes):
+                found.append((sum(f != 1 for f in fs), a, fs, {s: [int(v) for v in r] for s, r in vals.items()}))
+        found.sort(key=lambda f: f[0])
+        if found and not any(f[0] == found[0][0] and f[3] != found[0][3] for f in found[1:]):
+            _, a, fs, vals = found[0]
+            return [_Dim(t, a + k, f.numerator, f.denominator) for k, f in enumerate(fs)], vals
+    return None
+
+
+def _carrier_dim(model, node, rank: int, k: int, value: int, p: _Probe) -> tuple[str, int] | None:
+    """Expand / ConstantOfShape fallback: the nearest settled tensor (the node's partners -- the other
+    inputs of its consumers -- first, then upstream of them and of the node) whose dim ``k`` of ``rank``
+    (aligned from the end, as broadcasting does) is ``value``. Returns (tensor, axis) or None."""
+    partners = [x for c in model.graph.node if node.output[0] in c.input for x in c.input if x != node.output[0]]
+    for t in _upstream(model, [*partners, *node.input]):
+        shape = p.at(p.base, t) if t in p.settled else None
+        axis = None if shape is None else len(shape) - (rank - k)
+        if axis is not None and 0 <= axis and shape[axis] == value and p.sig(t, axis) is not None:
+            return t, axis
+    return None
 
 
 def _reshape(model, node, target0: list[int], p: _Probe) -> dict[int, dict[Size, list[int]]]:
@@ -394,7 +558,19 @@ def _reshape(model, node, target0: list[int], p: _Probe) -> dict[int, dict[Size,
                                 "function of H and one of W")
         rh = {s: Fraction(size[p.h_of(s)], p0) for s in p.sizes}
         rw = {s: Fraction(size[p.w_of(s)], p0) for s in p.sizes}
-        vals = _roles(node, [dst0[j] for j in gj], rh, rw, p)
+        dims = [dst0[j] for j in gj]
+        vals, contested = _roles(node, dims, rh, rw, p)
+        if contested:
+            run = _carrier_run(model, x, dims, size, p)
+            if run is not None and (vals is None or any(run[1][s] != vals[s] for s in p.sizes)):
+                for s in p.sizes:
+                    for k, j in enumerate(gj):
+                        if target0[j] not in (0, -1, None):
+                            out[s][j] = run[0][k]
+                continue
+        if vals is None:
+            raise _refuse(node, f"splits input dims that scale with the input into {dims} (ambiguous, and no "
+                                "tensor upstream carries these dims)")
         for s in p.sizes:
             for k, j in enumerate(gj):
                 if target0[j] not in (0, -1, None):  # 0 copies the input dim, -1 absorbs the rest, None is
@@ -405,7 +581,8 @@ def _reshape(model, node, target0: list[int], p: _Probe) -> dict[int, dict[Size,
 
 def _resize(model, node, old: list[int], p: _Probe) -> dict[int, dict[Size, list[int]]]:
     """Resize with constant sizes: an axis it does not resize follows its input; a resized one follows the
-    dim it is combined with (FPN skip), else a real dim of the same kind and value, else its input's scale."""
+    dim it is combined with (FPN skip), else a real dim of the same kind and value (several: the nearest
+    tensor with that dim, read at run time), else its input's scale."""
     x = node.input[0]
     src = p.all(x)
     if src is None or len(src[p.base]) != len(old):
@@ -426,7 +603,11 @@ def _resize(model, node, old: list[int], p: _Probe) -> dict[int, dict[Size, list
         if partners:
             vals = _pick(node, o, partners, p, "size")
         elif kind and same:
-            vals = p.values(Counter(same).most_common(1)[0][0])
+            carrier = _carrier_dim(model, node, rank, i, o, p) if len(set(same)) > 1 else None
+            if carrier is not None and p.kind(p.sig(*carrier)) == kind:  # several readings: the nearest tensor
+                vals = {s: _Dim(*carrier) for s in p.sizes}
+            else:
+                vals = p.values(Counter(same).most_common(1)[0][0])
         elif all(src[s][i] == s0 for s in p.sizes):
             continue
         else:
@@ -465,6 +646,8 @@ def _slice(model, node, bounds: dict[int, list[int]], p: _Probe) -> dict[int, di
                     out[idx][s][k] = d[s] + (v - d0)
                 continue
             same = [g for g in p.real.get(v, ()) if p.kind(g) == kind]
+            if not same and idx == 1:
+                continue  # a start matching no dim is an offset (YOLOX's Focus ``x[..., 1::2, :]``): kept
             if not same:
                 raise _refuse(node, f"cuts axis {a} at {v} of {d0}, which does not follow the input size")
             got = _pick(node, v, same, p, "bound")
@@ -493,7 +676,14 @@ def _expand(model, node, shape0: list[int], p: _Probe, x: str | None) -> dict[in
         candidates = partners or [g for g in p.real.get(v, ())]
         if not candidates or not any(p.kind(g) for g in candidates):
             continue  # a constant: nothing of that size follows the input
-        got = _pick(node, v, candidates, p, "entry")
+        try:
+            got = _pick(node, v, candidates, p, "entry")
+        except _Ambiguous as exc:
+            carrier = _carrier_dim(model, node, rank, k, v, p)
+            if carrier is None:
+                raise ModelError(str(exc).replace("ambiguous", "ambiguous, and no tensor near it carries that dim")) from None
+            sig = p.sig(*carrier)
+            got = {s: _Dim(*carrier) for s in p.sizes} if p.kind(sig) else p.values(sig)
         for s in p.sizes:
             out[s][k] = got[s]
     idx = 1 if x is not None else 0
@@ -531,6 +721,14 @@ def _baked(model: onnx.ModelProto, node, base: dict, producers: dict) -> dict[in
             out[i] = (vals, [_Slot(node.name, i, 0, tuple(vals), v.dtype)])
             continue
         cat = producers.get(name)
+        if node.op_type == "Expand" and cat is not None and cat.op_type == "Where" and len(cat.input) == 3:
+            # torch's expand(*ints): Where(Equal(shape, -1), ones, shape); rewriting the ``shape`` it falls
+            # back to is enough (-1 entries are never rewritten, so the condition stays right)
+            c, cond = _constant(model, cat.input[2]), producers.get(cat.input[0])
+            if c is not None and cond is not None and cond.op_type == "Equal":
+                vals = [int(a) for a in c.reshape(-1)]
+                out[i] = (vals, [_Slot(cat.name, 2, 0, tuple(vals), c.dtype)])
+            continue
         if cat is None or cat.op_type != "Concat" or node.op_type == "Slice":
             continue
         full: list = []
@@ -594,7 +792,11 @@ def at_resolution(model: onnx.ModelProto, size: tuple[int, int], *, verify: bool
         m = _with_size(model, at)
         by = {n.name: n for n in m.graph.node}
         for (name, i), (slot, per_size) in done.items():
-            _set_input(m, by[name], i, per_size[at], f"at_resolution{i}", slot.dtype)
+            if any(isinstance(v, _Dim) for v in per_size[at]):
+                _set_computed(m, by[name], i, per_size[at], f"at_resolution{i}", slot.dtype)
+            else:
+                _set_input(m, by[name], i, per_size[at], f"at_resolution{i}", slot.dtype)
+        _toposort(m)
         return m
 
     nodes = {n.name: n for n in work.graph.node}
@@ -612,7 +814,8 @@ def at_resolution(model: onnx.ModelProto, size: tuple[int, int], *, verify: bool
             for i, per_size in targets.items():
                 for slot in baked[name][i][1]:
                     end = slot.start + len(slot.values)
-                    values = {s: [int(v) for v in per_size[s][slot.start:end]] for s in sizes}
+                    values = {s: [v if isinstance(v, _Dim) else int(v) for v in per_size[s][slot.start:end]]
+                              for s in sizes}
                     if any(values[s] != list(slot.values) for s in sizes):
                         done[(slot.node, slot.index)] = (slot, values)
         if not ready:  # pragma: no cover - a cycle cannot happen in a valid graph

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["VARIANT_FORMAT", "build_variant_file", "variant_kind"]
 
-VARIANT_FORMAT = "2"  # bump when a rewrite or at_resolution changes what it writes
+VARIANT_FORMAT = "3"  # bump when a rewrite or at_resolution changes what it writes
 
 
 def _sha_file(path: Path) -> str:
