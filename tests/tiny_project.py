@@ -50,7 +50,7 @@ def tiny_detector(path: Path, opset: int = 13) -> Path:
 
 def rich_detector(path: Path, opset: int = 13) -> Path:
     """`tiny_detector`'s output from the op kinds toolchains treat differently: Conv + SiLU, a depthwise
-    Conv + Relu, MaxPool, Add, Concat, Resize, InstanceNormalization, a 1x1 Conv head, Reshape/Transpose/Sigmoid."""
+    Conv + Relu, an Add of a constant, MaxPool, Add, Concat, Resize, InstanceNormalization, a 1x1 Conv head, Reshape/Transpose/Sigmoid."""
     rng = np.random.default_rng(0)
     c_out = 5 + NUM_CLASSES
 
@@ -62,6 +62,7 @@ def rich_detector(path: Path, opset: int = 13) -> Path:
         w("w2", c_out, 16, 1, 1, scale=0.3), w("b2", c_out, scale=0.0),
         numpy_helper.from_array(np.ones(16, np.float32), "in_s"), numpy_helper.from_array(np.zeros(16, np.float32), "in_b"),
         numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+        numpy_helper.from_array(np.linspace(0.5, 1.5, 8, dtype=np.float32).reshape(1, 8, 1, 1), "offset"),
         numpy_helper.from_array(np.array([1, c_out, 64], np.int64), "shape"),
     ]
     nodes = [
@@ -69,7 +70,8 @@ def rich_detector(path: Path, opset: int = 13) -> Path:
         helper.make_node("Sigmoid", ["c1"], ["s1"], name="sig1"),
         helper.make_node("Mul", ["c1", "s1"], ["a1"], name="silu1"),
         helper.make_node("Conv", ["a1", "wd", "bd"], ["d1"], name="dwconv", group=8, pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["d1"], ["r1"], name="relu"),
+        helper.make_node("Relu", ["d1"], ["r0"], name="relu"),
+        helper.make_node("Add", ["r0", "offset"], ["r1"], name="add_offset"),  # a constant operand (zero point != 0)
         helper.make_node("MaxPool", ["r1"], ["m1"], name="pool", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
         helper.make_node("Add", ["a1", "m1"], ["add1"], name="add"),
         helper.make_node("Concat", ["add1", "r1"], ["cat"], name="concat", axis=1),

@@ -165,8 +165,11 @@ def tensorrt_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         zp = zero_point(node)
         x = array(node.input[0])
-        if node.op_type == "DequantizeLinear" and x is not None and x.dtype not in (np.int8, np.uint8):
-            # int32 bias (or 16-bit weight): fold into a float initializer
+        asymmetric_constant = x is not None and zp is not None and bool(np.any(zp != 0))
+        if node.op_type == "DequantizeLinear" and x is not None and (x.dtype not in (np.int8, np.uint8)
+                                                                      or asymmetric_constant):
+            # int32 bias, 16-bit weight, or a constant quantized with a zero point (e.g. an Add's constant
+            # operand; TensorRT's Q/DQ are symmetric): fold into a float initializer
             scale = array(node.input[1])
             axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
             z = np.zeros_like(x) if zp is None else zp
