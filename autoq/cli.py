@@ -25,9 +25,17 @@ from autoq.report.fidelity import fidelity_report
 from autoq.report.report import write_report
 from autoq.results.front import format_pareto, pareto_rows, target_label
 from autoq.results.store import load_study
+from autoq.runtime.cores import (
+    format_cores,
+    parse_cores,
+    pin_to_cores,
+    pinned,
+    split_cores,
+)
 from autoq.search.loop import prepare_study
 from autoq.search.sensitivity import run_sensitivity, sensitivity_table, write_outputs
 from autoq.surrogates.cost_model import TARGETS, load_target
+from autoq.trial_record import FRONT_VIEW_ATTR
 
 EXIT_USER_ERROR = 2
 STORAGE_ENV = "AUTOQ_STORAGE"  # a worker's storage URL when --storage is not given (keeps passwords off argv)
@@ -45,6 +53,13 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return value
+
+
+def _cores(text: str) -> tuple[int, ...]:
+    try:
+        return parse_cores(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_float(text: str) -> float:
@@ -88,11 +103,13 @@ def _print_front(project, study) -> None:
     print(format_pareto(pareto_rows(study, project.quantizable_names, project), target_label(project)))
 
 
-def _print_mlflow_hint(project) -> None:
+def _print_mlflow_hint(project, study=None) -> None:
     cfg = project.config
+    view = study.user_attrs.get(FRONT_VIEW_ATTR) if study is not None else None
     print(
-        f"\nOpen the runs:  mlflow ui --backend-store-uri {cfg.tracking_uri()}   (front runs are named '★ trial N ...')\n"
-        f"Read the study: autoq report --config {cfg.file} -o report.html\n"
+        f"\nOpen the runs:  mlflow ui --backend-store-uri {cfg.tracking_uri()}   (it lists the front: runs named '★ trial N ...')\n"
+        + (f"Front table:    http://127.0.0.1:5000/{view}   (drop, interval, latency as columns)\n" if view else "")
+        + f"Read the study: autoq report --config {cfg.file} -o report.html\n"
         f"Export a point: autoq export --config {cfg.file} --trial N -o bundle/   "
         f"(format {cfg.export.format or project.target.export_format}; autoq export --help lists the others)"
     )
@@ -105,15 +122,20 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         study = run_search(project, budget=args.budget, timeout=args.timeout, seed=args.seed, log=_log)
     _print_front(project, study)
-    _print_mlflow_hint(project)
+    _print_mlflow_hint(project, study)
     return 0
 
 
 def _run_workers(project, args: argparse.Namespace):
-    """Prepares the study here, then runs ``--workers`` `autoq worker` processes on it."""
+    """Prepares the study here, then runs ``--workers`` `autoq worker` processes on it, each pinned to its
+    own cores (`autoq.runtime.cores`) when there are at least as many cores as workers."""
     import subprocess
 
     cfg = project.config
+    groups = split_cores(args.workers)
+    if groups:
+        with pinned(groups[0]):  # session settings measured (and recorded) on the cores a worker will have
+            _ = project.session_settings
     prepared = prepare_study(project, seed=args.seed, log=_log)
     budget = args.budget or cfg.search.budget
     cmd = [sys.executable, "-m", "autoq", "worker", "--config", str(cfg.file), "--budget", str(budget)]
@@ -122,9 +144,11 @@ def _run_workers(project, args: argparse.Namespace):
         cmd += ["--timeout", str(args.timeout)]
     if args.seed is not None:
         cmd += ["--seed", str(args.seed)]
-    _log(f"search: starting {args.workers} workers")
+    cores = [["--cores", format_cores(g)] for g in groups] if groups else [[] for _ in range(args.workers)]
+    _log(f"search: starting {args.workers} workers"
+         + (f" on cores {' | '.join(format_cores(g) for g in groups)}" if groups else " sharing every core"))
     env = {**os.environ, STORAGE_ENV: cfg.storage_url()}
-    procs = [subprocess.Popen([*cmd, "--worker-index", str(i)], env=env) for i in range(args.workers)]
+    procs = [subprocess.Popen([*cmd, "--worker-index", str(i), *cores[i]], env=env) for i in range(args.workers)]
     codes = [p.wait() for p in procs]
     if any(codes):
         _log(f"warning: worker exit codes {codes}; finished trials are kept, rerun to complete the budget")
@@ -136,6 +160,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.storage is None and os.environ.get(STORAGE_ENV):  # set by `search --workers`: not visible in `ps`
         args.storage = os.environ[STORAGE_ENV]
     prefix = f"[worker {args.worker_index}] "
+    if args.cores is not None and not pin_to_cores(args.cores):  # before ORT starts any thread
+        _log(prefix + f"warning: could not pin to cores {format_cores(args.cores)}; running on every core")
     project = _project(args, log=lambda m: _log(prefix + m))
     run_search(
         project,
@@ -152,7 +178,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     project = _project(args)
     study = load_study(project)
     _print_front(project, study)
-    _print_mlflow_hint(project)
+    _print_mlflow_hint(project, study)
     return 0
 
 
@@ -211,7 +237,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     project = Project(load_config(config_path), log=_log)
     study = run_search(project, budget=args.budget, timeout=args.timeout, seed=args.seed, log=_log)
     _print_front(project, study)
-    _print_mlflow_hint(project)
+    _print_mlflow_hint(project, study)
     return 0
 
 
@@ -284,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     search_options(p, None)
     storage_options(p)
     p.add_argument("--worker-index", type=int, default=1, help="offsets the sampler seed")
+    p.add_argument("--cores", type=_cores, default=None, metavar="LIST",
+                   help="run on these cores only, e.g. 0 or 2-3 (set by search --workers)")
     p.set_defaults(func=cmd_worker)
 
     p = with_config(sub.add_parser("pareto", help="print the Pareto front of the study"))

@@ -117,6 +117,7 @@ class SearchSection:
     screen: bool = True  # skip sampler proposals the drop surrogate + cost model call dominated
     early_stop_images: int = -1  # first evaluate on this many images; -1 = auto (1/4, >= 16), 0 = off
     early_stop_margin: float = 2.0  # points above max_map_drop on the subset that stop a trial
+    dominance_stop: bool = True  # stop a trial whose subset drop cannot reach the front at its latency
 
 
 @dataclass(frozen=True)

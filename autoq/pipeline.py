@@ -50,6 +50,7 @@ from autoq.quant.ranges import activation_ranges
 from autoq.quant.toolchain_sim import fused_tensors, simulate_toolchain
 from autoq.runtime.runner import run_model, stream_model
 from autoq.runtime.session import create_session, usable_cores
+from autoq.runtime.stream import PrefixedOutputs
 from autoq.runtime.tune import tune_session
 from autoq.surrogates.capabilities import Realization, op_kind, realize
 from autoq.surrogates.cost_model import estimate_latency, load_target
@@ -292,7 +293,8 @@ class Project:
 
         import onnxruntime
 
-        key = content_key(self.model.sha256, str(self.input_size), str(os.cpu_count()), onnxruntime.__version__)
+        key = content_key(self.model.sha256, str(self.input_size), str(os.cpu_count()), onnxruntime.__version__,
+                          *([str(usable_cores())] if usable_cores() != os.cpu_count() else []))  # pinned worker
         return tune_session(
             self.model.serialized(), self.eval_set.images[:8], self.preprocess, cache_dir=self.cache_dir, key=key, log=self.log
         )
@@ -300,6 +302,8 @@ class Project:
     def pin_session_settings(self, settings) -> None:
         """Uses ``settings`` (a study's recorded ones) instead of measuring: thread count and batching
         change ORT's numerics slightly, so every run and worker of a study must use the same."""
+        if 0 < usable_cores() < settings.intra_op_threads:  # a worker pinned to fewer cores: as many threads
+            settings = dataclasses.replace(settings, intra_op_threads=usable_cores())
         if "baseline" in self.__dict__ and self.__dict__.get("session_settings") != settings:
             del self.__dict__["baseline"]  # computed under other settings
         self.__dict__["session_settings"] = settings
@@ -375,13 +379,15 @@ class Project:
         settings = self.session_settings
         return run_model(model_bytes, self.eval_set.images, self.preprocess, batch_size=settings.batch_size, settings=settings)
 
-    def stream_outputs(self, session):  # -> autoq.runtime.stream.StreamedOutputs
-        """`outputs` of an ORT session, readable batch by batch as they finish: on a background thread
-        when the session settings leave a core free for the scoring, else the whole pass first."""
+    def stream_outputs(self, session, *, start: int = 0):  # -> autoq.runtime.stream.StreamedOutputs
+        """`outputs` of an ORT session (eval images from ``start`` on), readable batch by batch as they
+        finish: on a background thread when the session settings leave a core free for the scoring,
+        else the whole pass first."""
 
         settings = self.session_settings
         free_core = 0 < settings.intra_op_threads < usable_cores()
-        return stream_model(session, self.eval_set.images, self.preprocess, batch_size=settings.batch_size, background=free_core)
+        return stream_model(session, self.eval_set.images[start:], self.preprocess, batch_size=settings.batch_size,
+                            background=free_core)
 
     def score(self, outputs, *, reference=None):  # -> autoq.objectives.metrics.MetricResult
         """The objective metric of raw ``outputs``; ``reference`` = float outputs (default: `float_outputs`)."""
@@ -452,24 +458,44 @@ class Project:
             est = dataclasses.replace(est, total_ms=m.median_ms, source="measured", estimated_ms=est.total_ms)
         return est
 
-    def evaluate(self, config: QuantConfig, *, images: int = 0) -> TrialResult:
+    def evaluate(self, config: QuantConfig, *, images: int = 0,
+                 go_on: Callable[[TrialResult], bool] | None = None) -> TrialResult:
         """One trial: QDQ build, one pass over the eval images, the objective metric, latency estimate.
 
         ``images`` > 0 (and fewer than the eval set): only the first ``images`` images, with ``map_drop``
         against the float model on the same images and ``partial=True`` (the search's early stop).
+        With ``go_on`` as well, that partial result is handed to ``go_on``: False returns it, True runs
+        the remaining images in the same session (no image runs twice) and scores the whole set.
+        Subsets are of the original model only: another resolution or variant is evaluated in full.
         """
 
-        if 0 < images < len(self.eval_set.metas):
+        state = self.variant(config.resolution, config.variant)
+        if 0 < images < len(self.eval_set.metas) and (go_on is None or state is self):
             import dataclasses
 
-            return dataclasses.replace(self.subset(images).evaluate(config), partial=True)
-        state = self.variant(config.resolution, config.variant)
+            if go_on is None:
+                return dataclasses.replace(self.subset(images).evaluate(config), partial=True)
+            config = self.realize(config).config
+            seconds: dict[str, Any] = {}
+            proto, session, lat = self._prepare_trial(config, seconds)
+            # One stage: more (¼, ½, ¾) stopped more trials but scoring the prefix again at each stage cost
+            # more than the images saved (experiments/results/dominance_stop.txt).
+            head: list[Any] = []  # the subset's batches: the second pass runs only the images after them
+            part = self.subset(images)._pass(config, session, lat, dict(seconds), keep=head)
+            part = dataclasses.replace(part, partial=True)
+            if not go_on(part):
+                return part
+            seconds.update({f"subset_{k}": part.seconds.get(k, 0.0) for k in ("inference", "score", "bootstrap")})
+            return self._pass(config, session, lat, seconds, head=head)
         if state is not self:  # another resolution / variant: its own graph, data, statistics, baseline
             return state.evaluate(state.config_for(config))
-        base = self.root.baseline  # map_drop: always against the original at its own resolution
         config = self.realize(config).config
-        seconds: dict[str, Any] = {}
+        seconds = {}
+        proto, session, lat = self._prepare_trial(config, seconds)
+        return self._pass(config, session, lat, seconds)
 
+    def _prepare_trial(self, config: QuantConfig, seconds: dict[str, Any]):
+        """Ranges, QDQ build, ORT session and latency of a realized ``config`` (timed into ``seconds``)."""
         t = time.perf_counter()
         ranges = self.ranges(config)
         seconds["ranges"] = time.perf_counter() - t
@@ -480,15 +506,30 @@ class Project:
         session = create_session(proto.SerializeToString(), settings=self.session_settings)
         seconds["session"] = time.perf_counter() - t
         t = time.perf_counter()
-        with self.stream_outputs(session) as stream:  # the metric scores batches while the next ones run
-            metrics = self.score(stream)
-            cosine = self.cosine_reference.cosines(stream)
-            stream.finish()
+        lat = self.latency(config, proto)
+        seconds["latency"] = time.perf_counter() - t
+        return proto, session, lat
+
+    def _pass(self, config: QuantConfig, session, lat, seconds: dict[str, Any], *, head: list[Any] | None = None,
+              keep: list[Any] | None = None) -> TrialResult:
+        """The inference pass over this project's eval images (after the batches ``head`` already
+        computed for its first images), scored; ``keep`` receives the batches run."""
+        base = self.root.baseline  # map_drop: always against the original at its own resolution
+        head = head or []
+        t = time.perf_counter()
+        done = sum(int(np.asarray(b[0]).shape[0]) for b in head if len(b))
+        with self.stream_outputs(session, start=done) as stream:  # the metric scores batches while the next ones run
+            outputs = PrefixedOutputs(head, stream) if head else stream
+            metrics = self.score(outputs)
+            cosine = self.cosine_reference.cosines(outputs)
+            ran = stream.finish()
+        if keep is not None:
+            keep.extend(ran)
         seconds["inference"] = stream.seconds
         seconds["score"] = max(0.0, time.perf_counter() - t - stream.seconds)  # what inference did not hide
         t = time.perf_counter()
-        lat = self.latency(config, proto)
-        seconds["latency"] = time.perf_counter() - t
+        boot = trial_drop_samples(base.image_stats, metrics.image_stats)
+        seconds["bootstrap"] = time.perf_counter() - t
         return TrialResult(
             map=metrics.value,
             map50=metrics.map50,
@@ -497,7 +538,8 @@ class Project:
             map_large=metrics.map_large,
             per_class_ap=dict(metrics.per_class_ap),
             map_drop=drop(base.map, metrics.value, higher_is_better=self.metric.higher_is_better),
-            drop_boot=trial_drop_samples(base.image_stats, metrics.image_stats),
+            drop_boot=boot,
+            image_stats=metrics.image_stats,
             latency_ms=lat.total_ms,
             latency_breakdown=lat.breakdown(),
             latency_table=lat.table(),

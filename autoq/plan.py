@@ -175,6 +175,8 @@ class TrialResult:
     infeasible: tuple[str, ...] = ()
     # paired bootstrap samples of map_drop over the eval images (autoq.objectives.bootstrap); () = none
     drop_boot: tuple[float, ...] = ()
+    # COCOeval per-image results (autoq.objectives.bootstrap.ImageStats): paired comparisons of trials
+    image_stats: Any = field(default=None, compare=False, repr=False)
 
     @property
     def drop_ci(self) -> tuple[float, float] | None:

@@ -15,9 +15,9 @@ from autoq.errors import SearchError
 from autoq.plan import QuantConfig
 
 __all__ = [
-    "BOOT_ATTR", "CONFIG_ATTR", "CONSTRAINT_ATTR", "DUPLICATE_ATTR", "FAIL_ATTR", "INFEASIBLE_ATTR", "INTERRUPTED_ATTR", "OVER_BUDGET_ATTR", "PARAM_LEGEND_ATTR", "PARENT_ATTR",
+    "BOOT_ATTR", "CONFIG_ATTR", "CONSTRAINT_ATTR", "DUPLICATE_ATTR", "FAIL_ATTR", "FRONT_VIEW_ATTR", "INFEASIBLE_ATTR", "INTERRUPTED_ATTR", "OVER_BUDGET_ATTR", "PARAM_LEGEND_ATTR", "PARENT_ATTR",
     "PARTIAL_ATTR", "REQUESTED_ATTR", "RUN_ATTR", "SCREENED_ATTR", "SEEDED_ATTR", "SEED_CONFIG_ATTR", "SESSION_ATTR", "SPACE_ATTR", "SPACE_KNOBS_ATTR",
-    "STARTED_ATTR", "trial_config",
+    "STARTED_ATTR", "STOPPED_ATTR", "trial_config",
 ]
 
 # --- on a trial
@@ -30,6 +30,7 @@ DUPLICATE_ATTR = "duplicate_of"  # the finished trial whose configuration it rep
 SEED_CONFIG_ATTR = "seed_config"  # an enqueued trial's exact QuantConfig (dict)
 CONSTRAINT_ATTR = "constraint"  # [map_drop - max, latency - max], <= 0 = feasible
 PARTIAL_ATTR = "partial"  # early-stopped on the image subset
+STOPPED_ATTR = "stopped_early"  # why it stopped on the subset (dominated, or over max_map_drop)
 STARTED_ATTR = "autoq_started"  # the trial's number, set first thing in the objective (it got past ask())
 RUN_ATTR = "mlflow_run_id"  # its MLflow child run
 FAIL_ATTR = "fail_reason"  # why it failed
@@ -41,6 +42,7 @@ SESSION_ATTR = "autoq_session"  # ORT session settings (threads, ...) every run 
 SPACE_ATTR = "autoq_space"  # the study's SpaceLayout (JSON)
 SPACE_KNOBS_ATTR = "autoq_space_knobs"
 PARENT_ATTR = "mlflow_parent_run_id"  # the study's MLflow parent run
+FRONT_VIEW_ATTR = "mlflow_front_view"  # `mlflow ui` address (#/experiments/...) of the front's saved runs view
 PARAM_LEGEND_ATTR = "autoq_parameters"  # parameter name -> what it decides (optuna-dashboard's study page)
 
 

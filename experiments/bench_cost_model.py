@@ -4,12 +4,19 @@
 made symbolic on an in-memory copy) varying the int8/int16/float mix and the resolution
 (320/352/416). Each config's QDQ model (autoq.quant.qdq.build_qdq, min/max ranges from
 autoq.quant.calibrate.collect_stats over a few calibration images at 416) is timed in ONNX Runtime
-on this machine (median of RUNS timed runs after warm-up, one intra-op thread; the configs are
-timed in interleaved rounds so load bursts on a shared machine hit all of them alike). The node table at
-each resolution comes from node_table(proto, (1, 3, r, r)). ``ort-cpu`` is fitted on 10 configs and
-evaluated on the other 20: Spearman rho and MAPE between estimate and measurement.
+on this machine: one intra-op thread, the process pinned to one core, every config run once per round
+in a freshly shuffled order (load bursts and cache effects of the previous model hit all alike), a
+config's latency = the QUANTILE-th percentile (default 20) of its times (other processes only ever add
+time: on a shared machine the upper half of the distribution is their noise, p75 ran 30 % over the
+median in a run at load ~0.8), rounds in blocks of BLOCK until the rank order of those figures holds (at most one pair swapped: a
+near-tie) after two consecutive blocks (at least MIN_ROUNDS, at most MAX_ROUNDS). Within one resolution the configs differ by a few
+percent, so a fixed 21 rounds gave rho 0.85-0.92 run to run. The node table at each resolution comes
+from node_table(proto, (1, 3, r, r)). ``ort-cpu`` is fitted on 10 configs and evaluated on the other
+20: Spearman rho and MAPE between estimate and measurement, overall and per resolution (the
+within-resolution order is the hard part: between resolutions it is nearly free); the split-half rho
+of the measurements (even vs odd rounds) says how far that order is measurable at all.
 
-Run:  /work/venv/bin/python experiments/bench_cost_model.py   (last line: spearman=<rho>)
+Run:  python experiments/bench_cost_model.py   (last line: spearman=<rho> spearman_<res>=<rho> ...)
 """
 
 from __future__ import annotations
@@ -24,7 +31,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("AUTOQ_REAL_DATA", ROOT.parent / "shared" / "data"))
-RUNS = int(os.environ.get("BENCH_RUNS", "21"))
+QUANTILE = float(os.environ.get("BENCH_QUANTILE", "20"))  # percentile of a config's times taken as its latency
+BLOCK = int(os.environ.get("BENCH_BLOCK", "8"))
+MIN_ROUNDS = int(os.environ.get("BENCH_MIN_ROUNDS", "24"))
+MAX_ROUNDS = int(os.environ.get("BENCH_MAX_ROUNDS", "96"))
 THREADS = 1
 RESOLUTIONS = (320, 352, 416)
 N_CONFIGS = 30
@@ -101,6 +111,61 @@ def make_configs(names: list[str], seed: int = 0):
     return configs
 
 
+def pin_one_core() -> int | None:
+    """The process on its last allowed core (no migrations between the timed runs); None off Linux."""
+    try:
+        core = sorted(os.sched_getaffinity(0))[-1]
+        os.sched_setaffinity(0, {core})
+        return core
+    except (AttributeError, OSError):
+        return None
+
+
+def time_until_stable(models: list[bytes], shapes: list[tuple[int, ...]]) -> tuple[list[list[float]], int, list[int]]:
+    """Per-config times (ms) over shuffled interleaved rounds until the rank order of the per-config p-QUANTILE holds
+    for two consecutive blocks; returns (times per config, rounds run, pairs swapped after each block)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = THREADS
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    rng = np.random.default_rng(0)
+    runs = []
+    for model, shape in zip(models, shapes):
+        sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        feed = {sess.get_inputs()[0].name: rng.uniform(0, 255, size=shape).astype(np.float32)}
+        for _ in range(2):  # warm-up
+            sess.run(None, feed)
+        runs.append((sess, feed))
+    times: list[list[float]] = [[] for _ in models]
+    order = list(range(len(models)))
+    shuffle = random.Random(0)
+    previous, stable, swaps = None, 0, []
+    rounds = 0
+    while rounds < MAX_ROUNDS:
+        for _ in range(BLOCK):
+            shuffle.shuffle(order)
+            for k in order:
+                sess, feed = runs[k]
+                t = time.perf_counter()
+                sess.run(None, feed)
+                times[k].append((time.perf_counter() - t) * 1e3)
+            rounds += 1
+        ranks = np.argsort(np.argsort([np.percentile(ts, QUANTILE) for ts in times]))
+        if previous is not None:
+            swapped = int(sum(1 for i in range(len(ranks)) for j in range(i + 1, len(ranks))
+                              if (ranks[i] < ranks[j]) != (previous[i] < previous[j])))
+            swaps.append(swapped)
+            stable = stable + 1 if swapped <= 1 else 0  # one swapped pair: a near-tie, not a changing order
+        previous = ranks
+        if rounds >= MIN_ROUNDS and stable >= 2:
+            break
+    return times, rounds, swaps
+
+
 def main() -> int:
     from autoq.model.graph import node_table
     from autoq.quant.calibrate import collect_stats
@@ -108,7 +173,6 @@ def main() -> int:
     from autoq.quant.ranges import activation_ranges
     from autoq.surrogates.cost_model import estimate_latency, load_target
     from autoq.surrogates.fit import Measurement, fit_target, mape
-    from autoq.surrogates.measure import measure_many
 
     t0 = time.time()
     model = symbolic_model(DATA / "models" / "yolox_nano.onnx")
@@ -121,15 +185,30 @@ def main() -> int:
     names = [n.name for n in model.quantizable()]
     protos = [build_qdq(model, cfg, ranges).SerializeToString() for cfg in configs]
     shapes = [(1, 3, cfg.resolution[0], cfg.resolution[1]) for cfg in configs]
-    print(f"{len(protos)} QDQ models built at {time.time() - t0:.1f}s; timing {RUNS} interleaved rounds", flush=True)
-    timed = measure_many(protos, shapes, runs=RUNS, warmup=2, threads=THREADS)
+    pinned = pin_one_core()
+    print(f"{len(protos)} QDQ models built at {time.time() - t0:.1f}s; timing in shuffled interleaved rounds "
+          f"(blocks of {BLOCK}, {MIN_ROUNDS}..{MAX_ROUNDS}) on core {pinned}; load average {os.getloadavg()[0]:.2f}",
+          flush=True)
+    t1 = time.time()
+    timed, rounds, swaps = time_until_stable(protos, shapes)
+    print(f"{rounds} rounds in {time.time() - t1:.0f}s; pairs swapped in the order after each block: {swaps}; "
+          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    medians = [float(np.percentile(ts, QUANTILE)) for ts in timed]
+    halves = ([float(np.percentile(ts[0::2], QUANTILE)) for ts in timed], [float(np.percentile(ts[1::2], QUANTILE)) for ts in timed])
+    mhalves = ([float(np.median(ts[0::2])) for ts in timed], [float(np.median(ts[1::2])) for ts in timed])
     measurements = []
-    for i, (cfg, m) in enumerate(zip(configs, timed)):
+    for i, (cfg, ts) in enumerate(zip(configs, timed)):
         r = cfg.resolution[0]
         counts = cfg.counts(names)
         label = f"#{i:02d} {r} int8={counts['int8']} int16={counts['int16']} float={counts['float']}"
-        measurements.append(Measurement(cfg, tables[r], m.median_ms, None, label))
-        print(f"{label:<44} measured {m.median_ms:8.2f} ms (min {min(m.times_ms):.2f})", flush=True)
+        measurements.append(Measurement(cfg, tables[r], medians[i], None, label))
+        print(f"{label:<44} measured {medians[i]:8.2f} ms (p{QUANTILE:g}; min {min(ts):.2f}, median {np.median(ts):.2f}, "
+              f"p75 {np.percentile(ts, 75):.2f})", flush=True)
+    for r in RESOLUTIONS:
+        idx = [i for i, c in enumerate(configs) if c.resolution[0] == r]
+        print(f"measurement split-half (even vs odd rounds) rho at {r}: p{QUANTILE:g} "
+              f"{spearman([halves[0][i] for i in idx], [halves[1][i] for i in idx]):.3f}, median "
+              f"{spearman([mhalves[0][i] for i in idx], [mhalves[1][i] for i in idx]):.3f} (n={len(idx)})")
 
     prior = load_target("ort-cpu")
     # 10 fit points spread over the resolutions (seeded), the other 20 held out
@@ -151,8 +230,14 @@ def main() -> int:
     print(f"held-out (n={len(held)}): prior  spearman {spearman(before, truth):.3f}  MAPE {mape(before, truth):.1%}")
     rho = spearman(after, truth)
     print(f"held-out (n={len(held)}): fitted spearman {rho:.3f}  MAPE {mape(after, truth):.1%}")
+    per_res = {}
+    for r in RESOLUTIONS:
+        k = [j for j, m in enumerate(held) if m.config.resolution[0] == r]
+        per_res[r] = spearman([after[j] for j in k], [truth[j] for j in k])
+        print(f"held-out at {r} (n={len(k)}): prior spearman {spearman([before[j] for j in k], [truth[j] for j in k]):.3f}"
+              f"  fitted spearman {per_res[r]:.3f}  MAPE {mape([after[j] for j in k], [truth[j] for j in k]):.1%}")
     print(f"total {time.time() - t0:.0f}s")
-    print(f"spearman={rho:.3f}")
+    print(f"spearman={rho:.3f} " + " ".join(f"spearman_{r}={v:.3f}" for r, v in per_res.items()))
     return 0
 
 

@@ -27,7 +27,7 @@ def test_four_trials_in_mlflow_with_objectives(demo_dir):
     assert len(runs) == 4
     for run in runs:
         assert "map_drop_pt" in run.data.metrics and "latency_ms" in run.data.metrics
-        assert run.data.tags["mlflow.parentRunId"]
+        assert run.data.tags["autoq.study_run"] and run.data.tags["autoq.study"] == "demo"
     front = client.search_runs([exp.experiment_id], "tags.pareto = 'true'")
     assert 1 <= len(front) <= 4
     # all-int8 (trial 0) must be faster than all-int16 (trial 1) on the generic NPU

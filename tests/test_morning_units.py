@@ -189,10 +189,15 @@ def test_front_runs_named_described_and_charted(searched):
         assert f"autoq export --trial {n}" in note and "estimated latency" in note and "95% interval" in note
     others = client.search_runs([exp], "tags.pareto = 'false'")
     assert all(r.info.run_name == f"trial {r.data.tags['autoq.trial']}" for r in others)
+    # the UI opens on the front: members are top-level runs, the other trials collapsed under the study run
+    assert all("mlflow.parentRunId" not in r.data.tags and r.data.tags["autoq.study_run"] == parent for r in front)
+    assert others and all(r.data.tags["mlflow.parentRunId"] == parent == r.data.tags["autoq.study_run"] for r in others)
+    assert all(r.data.tags["autoq.study"] == "tiny" for r in front + others)
     desc = client.get_run(parent).data.tags["mlflow.note.content"]
     assert "| trial | mAP | drop pt |" in desc and all(f"`autoq export --trial {m}`" in desc for m in members)
     chart = client.search_runs([exp], "tags.`autoq.kind` = 'front'")
-    assert len(chart) == 1 and chart[0].data.tags["mlflow.parentRunId"] == parent
+    assert len(chart) == 1 and chart[0].data.tags["autoq.study_run"] == parent
+    assert "mlflow.parentRunId" not in chart[0].data.tags  # top level: listed when the UI opens
     history = client.get_metric_history(chart[0].info.run_id, "drop_pt_vs_step_latency_us")
     by_trial = {t.number: t for t in study.best_trials}
     assert {h.step for h in history} == {int(round(1000 * t.values[1])) for t in by_trial.values()}
@@ -291,6 +296,7 @@ def test_mlflow_ui_pages_load_and_name_the_front_members(searched):
     import tempfile
 
     from autoq.report.ui_shot import CHROME_FLAGS, chromium_binary, serve_mlflow_ui
+    from autoq.trial_record import FRONT_VIEW_ATTR
 
     binary = chromium_binary()
     if binary is None:
@@ -308,7 +314,15 @@ def test_mlflow_ui_pages_load_and_name_the_front_members(searched):
         return r.stdout
 
     with serve_mlflow_ui(f"sqlite:///{root / 'mlflow.db'}") as base:
-        runs = dom(f"{base}/#/experiments/{exp}/runs?searchFilter=tags.pareto%20%3D%20%27true%27")
+        runs = dom(f"{base}/#/experiments/{exp}/runs")  # the experiment as it opens: no filter, nothing expanded
         page = dom(f"{base}/#/experiments/{exp}/runs/{run_id}")
-    assert "study tiny" in runs  # the runs table loads (front members are nested under it: see README)
+        view = dom(f"{base}/{study.user_attrs[FRONT_VIEW_ATTR]}")  # the address `autoq search` prints
+    assert "study tiny" in runs and "pareto front chart" in runs
+    # the saved front view: only the members, with the drop, its interval and the latency as columns
+    assert all(f"★ trial {t.number} · drop" in view for t in study.best_trials)
+    assert "study tiny" not in view and all(c in view for c in ("map_drop_pt_lo", "map_drop_pt_hi", "latency_ms"))
+    for t in study.best_trials:  # every front member listed by name
+        assert f"★ trial {t.number} · drop" in runs
+    off = [t.number for t in study.trials if t.state.name == "COMPLETE" and t not in study.best_trials]
+    assert off and all(f">trial {n}<" not in runs for n in off)  # the rest stay collapsed under the study run
     assert f"★ trial {member.number} · drop" in page and f"autoq export --trial {member.number}" in page

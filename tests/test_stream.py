@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -49,6 +50,7 @@ def test_a_failing_consumer_stops_the_inference_thread():
     def batches():
         for i in range(1000):
             produced.append(i)
+            time.sleep(0.001)  # an inference batch takes time: 1000 of them cannot finish before the error
             yield [np.full(1, i)]
 
     with pytest.raises(ValueError):

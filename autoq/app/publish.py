@@ -39,7 +39,7 @@ from autoq.results.store import redact
 from autoq.results.trials import finished_trials, screened_count
 from autoq.search.loop import Prepared
 from autoq.search.sensitivity import sensitivity_artifacts
-from autoq.trial_record import FAIL_ATTR, PARTIAL_ATTR, RUN_ATTR
+from autoq.trial_record import FAIL_ATTR, FRONT_VIEW_ATTR, PARTIAL_ATTR, RUN_ATTR
 
 __all__ = ["FRONT_EXPORT_FORMATS", "dataset_hashes", "finish_study", "log_study_views"]
 
@@ -161,6 +161,11 @@ def finish_study(project: Project, prepared: Prepared, *, log: Log = print) -> N
     pruned = sum(1 for t in finished if t.state is TrialState.PRUNED and t.user_attrs.get(PARTIAL_ATTR))
     if screened or pruned:
         log(f"search: {pruned} trial(s) stopped early on the image subset, {screened} proposal(s) screened out by the surrogate")
+    ran = [t.user_attrs["images"] for t in finished if t.state is not TrialState.FAIL and "images" in t.user_attrs]
+    per_trial = sum(ran) / len(ran) if ran else 0.0
+    if ran:
+        n = len(project.eval_set.metas)
+        log(f"search: {per_trial:.1f} images evaluated per trial on average, {per_trial / n:.2f}x the {n}-image eval set")
     labels = front_run_labels(study, project)  # front runs named and described: readable at a glance
     tracker.update_pareto(parent, labels or ({t.user_attrs.get(RUN_ATTR) for t in front} - {None}))
     log_study_views(project, prepared, rows, log=log)
@@ -169,12 +174,16 @@ def finish_study(project: Project, prepared: Prepared, *, log: Log = print) -> N
         tracker.set_description(parent, front_markdown(rows, target, len(project.eval_set.metas)))
         tracker.front_chart(parent, [(r.map_drop, r.latency_ms) for r in rows],
                             name=f"pareto front chart ({len(rows)} members)")
+        view = tracker.front_view()  # the front with metric columns (MLflow opens runs without any)
+        if study.user_attrs.get(FRONT_VIEW_ATTR) != view:
+            study.set_user_attr(FRONT_VIEW_ATTR, view)
     except Exception as exc:  # tracking extras never fail a search
         log(f"warning: MLflow front description/chart not logged: {type(exc).__name__}: {str(exc)[:300]}")
     distinct = sum(r.distinct for r in rows)
     tracker.finish_parent(
         parent,
         metrics={"float_map_pt": round(100 * project.baseline.map, 4), "trials": len(finished), "pareto_size": len(rows),
-                 "pareto_distinguishable": distinct, "screened": screened, "early_stopped": pruned},
+                 "pareto_distinguishable": distinct, "screened": screened, "early_stopped": pruned,
+                 "images_per_trial": round(per_trial, 2)},
         texts={"pareto.csv": pareto_csv(rows), "pareto.txt": format_pareto(rows, target) + "\n"},
     )

@@ -25,6 +25,7 @@ from autoq.plan import percentile_interval
 __all__ = [
     "RESAMPLES",
     "ImageStats",
+    "difference_samples",
     "drop_interval",
     "drop_samples",
     "map_samples",
@@ -87,6 +88,18 @@ class ImageStats:
                                       np.logical_and(np.logical_not(dtm), ~dti), gt))
         return cls(n, np.asarray(rec_thrs, np.float64), tuple(cats))
 
+    def head(self, k: int) -> ImageStats:
+        """The same results on the first ``k`` images only (a trial compared on an early-stop subset)."""
+        if k >= self.n_images:
+            return self
+        cats = []
+        for c in self.categories:
+            if not c.gt[:k].any():
+                continue  # no ground truth among them: COCOeval would not average it
+            keep = c.image < k
+            cats.append(CategoryStats(c.image[keep], c.tp[:, keep], c.fp[:, keep], c.gt[:k]))
+        return ImageStats(k, self.rec_thrs, tuple(cats))
+
     def to_json(self) -> dict[str, Any]:
         return {"n_images": self.n_images, "rec_thrs": self.rec_thrs.tolist(), "categories": [
             {"image": c.image.tolist(), "tp": np.packbits(c.tp, axis=1).tolist(), "fp": np.packbits(c.fp, axis=1).tolist(),
@@ -115,40 +128,51 @@ def resample_weights(n_images: int, resamples: int = RESAMPLES, seed: int = 0) -
 def _category_ap(c: CategoryStats, weights: np.ndarray, rec_thrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """AP of one category under each row of ``weights`` [B, N]; and whether it had ground truth.
 
-    Precision is only needed where recall rises (at true positives: within a run of equal recall it
-    is highest at the run's first detection), so the cumulative counts are taken there only, as
-    [B, N] @ [N, P] products of per-image counts."""
+    All IoU thresholds and resamples at once. Precision is only needed where recall rises (at true
+    positives), so the weighted running counts (integer-valued sums: exact in any order) are read
+    there only. COCOeval's interpolated precision at recall threshold r is the largest precision
+    among the points with recall >= r: each point is put in the bucket of the thresholds it reaches
+    (``searchsorted``), and a running maximum from the top bucket down gives every threshold's value."""
     b, n = weights.shape
     npig = weights @ c.gt  # [B]
     valid = npig > 0
     t_count, d = c.tp.shape
     total = np.zeros(b)
-    if d == 0:
+    if d == 0 or not c.tp.any():
         return total, valid
-    rows = np.arange(b, dtype=np.float64)[:, None] * 2.0  # one searchsorted for all rows (recall <= 1)
+    w = weights.T[c.image]  # [D, B]: the weight of each detection's image
+    ts, js = np.nonzero(c.tp)  # every (threshold, position) true positive, threshold-major
+    tn, jn = np.nonzero(~(c.tp | c.fp))  # ignored detections (neither TP nor FP): usually few
+    tkey, ikey = ts * d + js, tn * d + jn
+    starts = np.arange(t_count) * d
+
+    def segmented(t_of, j_of, key):  # running weighted count along each threshold's listed detections
+        run = np.zeros((len(j_of) + 1, b))
+        np.cumsum(w[j_of], axis=0, out=run[1:])
+        return run, run[np.searchsorted(key, starts)[t_of]]
+
+    # integer-valued sums: exact in any order. One cumsum over all thresholds, less its value where
+    # the threshold's segment starts.
+    tp_run, tp_start = segmented(ts, js, tkey)
+    tp = tp_run[1:] - tp_start  # [S, B] TPs up to and with each TP
+    all_run = np.zeros((d + 1, b))
+    np.cumsum(w, axis=0, out=all_run[1:])  # every detection, whatever the threshold
+    ig_run, _ = segmented(tn, jn, ikey)
+    ig_before = ig_run[np.searchsorted(ikey, tkey)] - ig_run[np.searchsorted(ikey, starts)[ts]]
+    fp = all_run[js] - (tp - w[js]) - ig_before  # FPs before each TP: the others before it
+    rc = tp / np.maximum(npig, 1e-12)
+    pr = tp / (tp + fp + np.spacing(1))
+    reached = np.searchsorted(rec_thrs, np.minimum(rc, 1.0), side="right")  # thresholds <= recall
+    r = len(rec_thrs)
+    best = np.zeros((r + 1, t_count * b))  # [bucket, (t, b)], the highest bucket (all thresholds reached) first
+    np.maximum.at(best.ravel(), (r - reached) * (t_count * b) + (ts * b)[:, None] + np.arange(b), pr)
+    q, q_sum = best[0], np.zeros(t_count * b)  # the best precision at recall >= each threshold, top down
+    for k in range(r):  # row by row: numpy's accumulate along axis 0 is several times slower
+        q = np.maximum(q, best[k])
+        q_sum += q
+    per_t = (q_sum / r).reshape(t_count, b)
     for t in range(t_count):
-        pos = np.flatnonzero(c.tp[t])
-        if pos.size == 0:
-            continue
-        k = pos.size
-        tp_counts = np.zeros((n, k))
-        tp_counts[c.image[pos], np.arange(k)] = 1.0
-        tp = weights @ np.cumsum(tp_counts, axis=1)  # [B, P]
-        neg = np.flatnonzero(c.fp[t])
-        if neg.size:
-            fp_counts = np.zeros((n, neg.size + 1))
-            fp_counts[c.image[neg], np.arange(1, neg.size + 1)] = 1.0
-            fp = weights @ np.cumsum(fp_counts, axis=1)[:, np.searchsorted(neg, pos)]  # FPs before each TP
-        else:
-            fp = np.zeros_like(tp)
-        rc = tp / np.maximum(npig, 1e-12)[:, None]
-        pr = tp / (tp + fp + np.spacing(1))
-        env = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]  # COCOeval's precision envelope
-        flat = (np.minimum(rc, 1.0) + rows).ravel()
-        idx = np.searchsorted(flat, (rec_thrs[None, :] + rows).ravel(), side="left").reshape(b, -1)
-        idx -= np.arange(b)[:, None] * k
-        q = np.where(idx < k, np.take_along_axis(env, np.minimum(idx, k - 1), axis=1), 0.0)
-        total += q.mean(axis=1)
+        total += per_t[t]
     return total / t_count, valid
 
 
@@ -177,9 +201,18 @@ def drop_samples(base: ImageStats, trial: ImageStats, *, resamples: int = RESAMP
     memo = _FLOAT_MEMO.get(id(base))
     if memo is None or memo[0] is not base or len(memo[1]) != resamples:
         memo = (base, map_samples(base, weights))
-        _FLOAT_MEMO.clear()
+        if len(_FLOAT_MEMO) >= 4:  # a study has one float model per eval set (the whole set, the early-stop subset)
+            _FLOAT_MEMO.pop(next(iter(_FLOAT_MEMO)))
         _FLOAT_MEMO[id(base)] = memo
     return memo[1] - map_samples(trial, weights)
+
+
+def difference_samples(a: ImageStats, b: ImageStats, *, resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
+    """Paired bootstrap samples of ``mAP(a) - mAP(b)`` (0..1), both on the same draws of their images."""
+    if a.n_images != b.n_images:
+        raise ValueError(f"stats on {a.n_images} and {b.n_images} images")
+    weights = resample_weights(a.n_images, resamples, seed)
+    return map_samples(a, weights) - map_samples(b, weights)
 
 
 def paired_interval(samples: Sequence[float] | np.ndarray, level: float = LEVEL) -> tuple[float, float]:

@@ -36,7 +36,6 @@ from autoq.data.coco import load_class_folders
 from autoq.errors import ConfigError
 from autoq.objectives.accuracy import (
     CocoEvaluation,
-    coco_metrics,
     detect,
     detect_batches,
     pseudo_ground_truth,
@@ -250,8 +249,9 @@ class CocoMap:
             ),
         )
         k = len(es.category_ids)  # classes the float model never predicted cannot be scored
-        detections = [_known_labels(d, k) for d in context.detect(outputs)]
-        return self._result(coco_metrics(detections, es), output_similarity(context.reference, outputs))
+        evaluation = CocoEvaluation(es)  # per-image results too: label-free drops get their interval
+        evaluation.add([_known_labels(d, k) for d in context.detect(outputs)])
+        return self._result(evaluation.result(), output_similarity(context.reference, outputs), evaluation.image_stats())
 
     @staticmethod
     def _result(m: Any, extra: dict[str, float], image_stats: Any = None) -> MetricResult:

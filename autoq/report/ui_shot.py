@@ -24,7 +24,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["chromium_binary", "chromium_screenshot", "free_port", "serve_mlflow_ui", "webdriver_screenshot"]
+__all__ = ["CLOSE_ASSISTANT", "chromium_binary", "chromium_screenshot", "free_port", "serve_mlflow_ui", "webdriver_screenshot"]
 
 CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -108,10 +108,16 @@ def _wd(base: str, method: str, path: str, body: dict | None = None, timeout: fl
         return json.loads(r.read() or b"{}")
 
 
+#: Closes MLflow 3's assistant side panel (it takes a third of the window).
+CLOSE_ASSISTANT = ("var b = document.querySelector('button[data-component-id*=\"assistant.chat_panel.close\"]');"
+                   "if (b) { b.click(); } return Boolean(b);")
+
+
 def webdriver_screenshot(url: str, out: Path, *, size: tuple[int, int] = (1600, 1000), expand_runs: bool = True,
                          wait_selector: str = '[data-testid="experiment-view-table-run-color"]',
-                         timeout: float = 90.0) -> Path:
-    """Screenshot of ``url`` via chromedriver: waits for ``wait_selector``, expands parent runs, shoots."""
+                         timeout: float = 90.0, scripts: tuple[str, ...] = ()) -> Path:
+    """Screenshot of ``url`` via chromedriver: waits for ``wait_selector``, expands parent runs when
+    ``expand_runs``, runs ``scripts`` (JavaScript, e.g. `CLOSE_ASSISTANT`), shoots."""
     driver = shutil.which("chromedriver")
     binary = chromium_binary()
     if driver is None or binary is None:
@@ -146,6 +152,9 @@ def webdriver_screenshot(url: str, out: Path, *, size: tuple[int, int] = (1600, 
                     click = ("var b = document.querySelectorAll('button[data-component-id*=\"runnamecellrenderer\"]');"
                              "b.forEach(function (x) { x.click(); }); return b.length;")
                     _wd(base, "POST", f"/session/{sid}/execute/sync", {"script": click, "args": []})
+                for js in scripts:
+                    time.sleep(1)
+                    _wd(base, "POST", f"/session/{sid}/execute/sync", {"script": js, "args": []})
                 time.sleep(3)
                 png = base64.b64decode(_wd(base, "GET", f"/session/{sid}/screenshot")["value"])
             finally:

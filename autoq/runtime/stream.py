@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["StreamedOutputs"]
+__all__ = ["PrefixedOutputs", "StreamedOutputs"]
 
 Batch = list[np.ndarray]
 
@@ -122,3 +122,28 @@ class StreamedOutputs(Sequence[Batch]):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class PrefixedOutputs(Sequence[Batch]):
+    """Batches already computed (``head``, e.g. an early-stop subset's) followed by ``rest`` (a
+    `StreamedOutputs` of the remaining images): the whole eval set's outputs, without running the
+    head's images again."""
+
+    def __init__(self, head: Sequence[Batch], rest: Sequence[Batch]) -> None:
+        self._head, self._rest = list(head), rest
+
+    def __len__(self) -> int:
+        return len(self._head) + len(self._rest)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        i = operator.index(index)
+        i = i + len(self) if i < 0 else i
+        if not 0 <= i < len(self):
+            raise IndexError(f"batch {index} of {len(self)}")
+        return self._head[i] if i < len(self._head) else self._rest[i - len(self._head)]
+
+    def __iter__(self) -> Iterator[Batch]:
+        yield from self._head
+        yield from self._rest

@@ -24,7 +24,7 @@ _FORMAT = 1
 
 def candidates(symbolic_batch: bool, images: int) -> list[SessionSettings]:
     """The settings `tune_session` measures."""
-    threads = sorted({1, 2, usable_cores()})
+    threads = sorted({t for t in (1, 2, usable_cores()) if t <= usable_cores()})  # a pinned worker: its cores
     batches = [b for b in ((1, 4, 8) if symbolic_batch else (1,)) if b <= max(1, images)]
     return [
         SessionSettings(intra_op_threads=t, graph_optimization=g, batch_size=b)

@@ -18,8 +18,9 @@ Smart search (``search.sensitivity: true``, the default; see README "Search"):
 - pre-screen: a sampler proposal that the ridge-refit drop predictor + the cost model call dominated
   (or infeasible) is not evaluated: the trial is PRUNED with user attr ``screened`` (not counted in the
   budget) and the knapsack's next candidate is enqueued in its place;
-- early stop: with ``search.max_map_drop`` set, a trial first runs on ``early_stop_images`` images and is
-  PRUNED (MLflow tag ``partial=true``) when its drop there exceeds the bound by ``early_stop_margin``;
+- early stop (`autoq.search.dominance`): a trial first runs on ``early_stop_images`` images and is PRUNED
+  (MLflow tag ``partial=true``) when it cannot reach the front at its latency (``dominance_stop``) or its
+  drop there exceeds ``max_map_drop`` by ``early_stop_margin``; otherwise the rest of the images run;
 - constraints ``max_map_drop`` / ``max_latency_ms``: user attr ``constraint`` (<= 0 feasible) read by the
   sampler's ``constraints_func``; the reported front is the feasible one, or the unconstrained one with a
   warning when nothing is feasible.

@@ -10,6 +10,7 @@ from autoq.pipeline import Project
 from autoq.plan import QuantConfig
 from autoq.results.trials import counted_trials
 from autoq.search.context import SearchContext
+from autoq.search.dominance import best_drop_at, early_stop_images, stop_reason
 from autoq.search.sampler import record_constraints
 from autoq.search.screen import enqueue_next_candidate, screen
 from autoq.search.space import suggest_layout_config
@@ -28,19 +29,11 @@ from autoq.trial_record import (
     SCREENED_ATTR,
     SEED_CONFIG_ATTR,
     STARTED_ATTR,
+    STOPPED_ATTR,
     trial_config,
 )
 
 __all__ = ["constraint_values", "early_stop_images", "make_objective"]
-
-
-def early_stop_images(project: Project) -> int:
-    s = project.config.search
-    n = len(project.eval_set.metas)
-    if s.max_map_drop is None or s.early_stop_images == 0:
-        return 0
-    k = s.early_stop_images if s.early_stop_images > 0 else (max(16, n // 4) if n >= 32 else 0)
-    return k if 0 < k < n else 0
 
 
 def constraint_values(project: Project, drop: float, latency: float) -> list[float] | None:
@@ -92,6 +85,7 @@ def make_objective(project: Project, study, ctx: SearchContext, tracker: Tracker
     cfg = project.config
     precisions = project.allowed_precisions()
     early = early_stop_images(project)
+    image_stats: dict[int, object] = {}  # trial number -> per-image results of this process's complete trials
 
     def run(trial) -> tuple[float, float]:
         trial.set_user_attr(STARTED_ATTR, trial.number)  # a retried copy inherits the attrs: keep the number
@@ -172,16 +166,22 @@ def make_objective(project: Project, study, ctx: SearchContext, tracker: Tracker
         trial.set_user_attr(RUN_ATTR, run_id)
         original = config.resolution in (None, tuple(project.input_size)) and not config.variant
         try:
-            if early and original:
-                part = project.evaluate(config, images=early)
-                if part.map_drop > cfg.search.max_map_drop / 100.0 + cfg.search.early_stop_margin / 100.0:
-                    for k, v in part.metrics().items():
-                        trial.set_user_attr(k, v)
-                    trial.set_user_attr(PARTIAL_ATTR, True)
-                    record_constraints(trial, constraint_values(project, part.map_drop, part.latency_ms))
-                    tracker.finish_trial(run_id, config=config, result=part)
-                    raise TrialPruned(f"drop {100 * part.map_drop:.2f} pt on {part.images} images")
-            result = project.evaluate(config)
+            stopped: list[str] = []
+
+            def go_on(part) -> bool:  # after the first images: stop a hopeless trial (`autoq.search.dominance`)
+                why = stop_reason(project, study, part, image_stats)
+                stopped.extend([why] if why else [])
+                return why is None
+
+            result = project.evaluate(config, images=early, go_on=go_on) if early and original else project.evaluate(config)
+            if result.partial:
+                for k, v in result.metrics().items():
+                    trial.set_user_attr(k, v)
+                trial.set_user_attr(PARTIAL_ATTR, True)
+                trial.set_user_attr(STOPPED_ATTR, stopped[0])
+                record_constraints(trial, constraint_values(project, result.map_drop, result.latency_ms))
+                tracker.finish_trial(run_id, config=config, result=result)
+                raise TrialPruned(stopped[0])
         except TrialPruned:
             raise
         except Exception as exc:  # isolate the trial: record why (one line), keep the study going
@@ -202,6 +202,13 @@ def make_objective(project: Project, study, ctx: SearchContext, tracker: Tracker
         record_constraints(trial, constraint_values(project, result.map_drop, result.latency_ms),
                            infeasible=bool(result.infeasible))
         tracker.finish_trial(run_id, config=config, result=result)
+        if early and result.image_stats is not None:  # kept while on the front: only front members dominate
+            image_stats[trial.number] = result.image_stats
+            for n in [n for n in image_stats if n != trial.number]:
+                other = study.get_trials(deepcopy=False)[n]
+                best = best_drop_at(study, other.values[1]) if other.values else None
+                if best is not None and best[0] < other.values[0]:
+                    del image_stats[n]
         return result.map_drop, result.latency_ms
 
     def objective(trial) -> tuple[float, float]:

@@ -19,6 +19,7 @@ from autoq.trial_record import (
     OVER_BUDGET_ATTR,
     RUN_ATTR,
     SCREENED_ATTR,
+    STOPPED_ATTR,
 )
 
 __all__ = ["Progress", "ParetoTags"]
@@ -72,8 +73,9 @@ class Progress:
             if refused:
                 now += f" -- does not compile on {self.target}: {refused[0]}" + (f" (+{len(refused) - 1})" if len(refused) > 1 else "")
         elif trial.state is TrialState.PRUNED:
-            now = (f"stopped early: drop {100 * trial.user_attrs.get('map_drop', float('nan')):.2f} pt on "
-                   f"{trial.user_attrs.get('images', '?')} images")
+            now = trial.user_attrs.get(STOPPED_ATTR) or (
+                f"drop {100 * trial.user_attrs.get('map_drop', float('nan')):.2f} pt on {trial.user_attrs.get('images', '?')} images")
+            now = f"stopped early: {now}"
         else:
             reason = trial.user_attrs.get(FAIL_ATTR, "unknown")
             first = self.failures.setdefault(reason, trial.number)
@@ -100,6 +102,7 @@ class ParetoTags:
     def __init__(self, tracker: Tracker, parent: str, log: Log, project: Any = None) -> None:
         self.tracker, self.parent, self.log, self.warned = tracker, parent, log, False
         self.project = project
+        self.written: Any = None  # the front this process last wrote (the study's final update rewrites it anyway)
 
     def __call__(self, study, trial) -> None:
         from optuna.trial import TrialState
@@ -109,7 +112,10 @@ class ParetoTags:
         try:
             labels = front_run_labels(study, self.project)
             front = labels or ({t.user_attrs.get(RUN_ATTR) for t in front_trials(study, self.project)} - {None})
+            if front == self.written:  # a trial off the front changes nothing: no MLflow round trips
+                return
             self.tracker.update_pareto(self.parent, front)
+            self.written = front
         except Exception as exc:
             if not self.warned:
                 self.warned = True

@@ -1,4 +1,10 @@
-"""MLflow mirror of the Optuna study: a parent run per study, a child run per trial.
+"""MLflow mirror of the Optuna study: a run per study, a run per trial, a front chart run.
+
+What `mlflow ui` opens on is the front: a trial run is nested under its study's run (collapsed)
+while it is off the front and a top-level run while it is on it, so the experiment's table lists
+the front members (named ``★ trial N · drop ...``), the front chart and the study run. Every trial
+run keeps tags ``autoq.study_run`` (the study run's id) and ``autoq.study`` (the study's name),
+which is how readers find a study's runs; ``mlflow.parentRunId`` only says what is collapsed.
 
 Optuna's storage is the source of truth. MLflow is written through an explicit client and each
 run id is stored on the Optuna trial (``user_attrs["mlflow_run_id"]``) and study, so a resumed
@@ -7,8 +13,11 @@ study reopens the same runs instead of duplicating them.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import time
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +29,18 @@ from autoq.trial_record import FAIL_ATTR, RUN_ATTR
 
 EXPERIMENT_KIND = "mlflow.experimentKind"
 NOTE = "mlflow.note.content"  # a run's description (markdown) in the MLflow UI
+PARENT_TAG = "mlflow.parentRunId"  # nests a run under another in the UI (collapsed until expanded)
+STUDY_RUN_TAG = "autoq.study_run"  # the study run's id, on every trial and front chart run
+STUDY_TAG = "autoq.study"  # the study's name, on every run of the study
+VIEW_TAG = "mlflow.sharedViewState."  # + key: a runs-table view the UI opens from ``?viewStateShareKey=key``
+#: Columns of the front view: the drop with its interval, the estimate, mAP (all in points but latency).
+VIEW_COLUMNS = ("map_drop_pt", "map_drop_pt_lo", "map_drop_pt_hi", "latency_ms", "map_pt")
+
+
+def study_run_of(run) -> str | None:
+    """The id of the study run ``run`` belongs to (runs logged before ``autoq.study_run``: their parent)."""
+    tags = run.data.tags
+    return tags.get(STUDY_RUN_TAG) or tags.get(PARENT_TAG)
 
 #: Trial metrics on the 0..1 scale, logged to MLflow in mAP points under these names (what people
 #: filter and chart: ``metrics.map_drop_pt < 1``); Optuna keeps the 0..1 values.
@@ -54,6 +75,7 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
+        self.study_name = ""  # set by `parent_run`: tag ``autoq.study`` of the runs this tracker opens
         self.client = MlflowClient(tracking_uri=uri)
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
@@ -73,10 +95,12 @@ class Tracker:
 
     def parent_run(self, study_name: str, existing: str | None, params: Mapping[str, Any]) -> str:
         """The study's parent run: reopened when ``existing`` (from the study's user attrs) is given."""
+        self.study_name = study_name
         if existing:
             self.client.update_run(existing, status="RUNNING")
             return existing
-        run = self.client.create_run(self.experiment_id, run_name=f"study {study_name}", tags={"autoq.kind": "study"})
+        run = self.client.create_run(self.experiment_id, run_name=f"study {study_name}",
+                                     tags={"autoq.kind": "study", STUDY_TAG: study_name})
         self._log_params(run.info.run_id, params)
         return run.info.run_id
 
@@ -88,12 +112,13 @@ class Tracker:
             self.client.log_batch(run_id, params=items[i : i + 100])
 
     def start_trial(self, *, parent_id: str, number: int, params: Mapping[str, Any]) -> str:
-        """Opens the child run of trial ``number`` (the caller stores its id on the trial at once)."""
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=f"trial {number}",
-            tags={"mlflow.parentRunId": parent_id, "autoq.trial": str(number), "pareto": "false", "state": "running"},
-        )
+        """Opens the run of trial ``number``, nested under the study run until it joins the front (the
+        caller stores its id on the trial at once)."""
+        tags = {PARENT_TAG: parent_id, STUDY_RUN_TAG: parent_id, "autoq.trial": str(number), "pareto": "false",
+                "state": "running"}
+        if self.study_name:
+            tags[STUDY_TAG] = self.study_name
+        run = self.client.create_run(self.experiment_id, run_name=f"trial {number}", tags=tags)
         self._log_params(run.info.run_id, params)
         return run.info.run_id
 
@@ -150,38 +175,49 @@ class Tracker:
             if RUN_ATTR in t.user_attrs and FAIL_ATTR not in t.user_attrs:
                 self.close_stale(t.user_attrs[RUN_ATTR], f"worker stopped during trial {t.number}")
 
-    def set_pareto(self, members: Iterable[str], all_runs: Iterable[str]) -> None:
-        """Keeps tag ``pareto`` current on every trial run."""
-        front = set(members)
-        for run_id in all_runs:
-            self.client.set_tag(run_id, "pareto", "true" if run_id in front else "false")
+    def _runs(self, filter_string: str, parent_id: str) -> dict[str, Any]:
+        """The experiment's runs matching ``filter_string`` that belong to study run ``parent_id``."""
+        found: dict[str, Any] = {}
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string, max_results=1000, page_token=token)
+            found.update((r.info.run_id, r) for r in page if study_run_of(r) == parent_id)
+            token = page.token
+            if not token:
+                return found
+
+    def _nest(self, run_id: str, parent_id: str, nested: bool) -> None:
+        """Nests the run under the study run (off the front) or lifts it to the top level (on it)."""
+        from mlflow.exceptions import MlflowException
+
+        self.client.set_tag(run_id, STUDY_RUN_TAG, parent_id)  # runs logged before the tag existed
+        if self.study_name:
+            self.client.set_tag(run_id, STUDY_TAG, self.study_name)
+        if nested:
+            self.client.set_tag(run_id, PARENT_TAG, parent_id)
+        else:
+            try:
+                self.client.delete_tag(run_id, PARENT_TAG)
+            except MlflowException:  # already top level (another worker lifted it)
+                pass
 
     def update_pareto(self, parent_id: str, members: Iterable[str] | Mapping[str, tuple[str, str]]) -> int:
-        """Makes tag ``pareto`` match ``members`` among the parent's trial runs, writing only the runs
+        """Makes tag ``pareto`` match ``members`` among the study's trial runs, writing only the runs
         whose membership changed (one search for the runs tagged true now); returns how many changed.
         Exact across workers: it compares with what MLflow holds, not with what this process wrote.
+        A run joining the front becomes a top-level run (what the UI lists when it opens); a run
+        leaving it is nested under the study run again.
 
         ``members`` may map each run id to its (run name, description): front members are then named
         and described so they read at a glance in the runs table (written only when they differ), and
         a run that leaves the front gets its plain name ``trial N`` back."""
         labels = dict(members) if isinstance(members, Mapping) else {}
         front = {m for m in members if m}
-        now: dict[str, Any] = {}
-        token = None
-        while True:
-            page = self.client.search_runs(
-                [self.experiment_id],
-                f"tags.pareto = 'true' and tags.`mlflow.parentRunId` = '{parent_id}'",
-                max_results=1000,
-                page_token=token,
-            )
-            now.update((r.info.run_id, r) for r in page)
-            token = page.token
-            if not token:
-                break
+        now = self._runs("tags.pareto = 'true'", parent_id)
         changed = (front - set(now)) | (set(now) - front)
         for run_id in sorted(changed):
             self.client.set_tag(run_id, "pareto", "true" if run_id in front else "false")
+            self._nest(run_id, parent_id, nested=run_id not in front)
             if run_id not in front and labels:
                 run = now[run_id]
                 self.client.update_run(run_id, name=f"trial {run.data.tags.get('autoq.trial', '?')}")
@@ -199,23 +235,37 @@ class Tracker:
         self.client.set_tag(run_id, NOTE, markdown)
 
     def front_chart(self, parent_id: str, points: Iterable[tuple[float, float]], *, name: str) -> str:
-        """A child run holding the front as one metric history, ``drop_pt_vs_step_latency_us`` (drop in points at step = latency in µs):
+        """A top-level run holding the front as one metric history, ``drop_pt_vs_step_latency_us`` (drop in points at step = latency in µs):
         its chart in the MLflow UI is the front, every member on it (the runs chart shows only the
         first 10 runs). Replaces the one an earlier finish of the study wrote."""
         from mlflow.entities import Metric
 
-        old = self.client.search_runs(
-            [self.experiment_id], f"tags.`autoq.kind` = 'front' and tags.`mlflow.parentRunId` = '{parent_id}'")
-        for r in old:
-            self.client.delete_run(r.info.run_id)
-        run = self.client.create_run(self.experiment_id, run_name=name,
-                                     tags={"mlflow.parentRunId": parent_id, "autoq.kind": "front"})
+        for run_id in self._runs("tags.`autoq.kind` = 'front'", parent_id):
+            self.client.delete_run(run_id)
+        tags = {"autoq.kind": "front", STUDY_RUN_TAG: parent_id}
+        if self.study_name:
+            tags[STUDY_TAG] = self.study_name
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         ts = self._now()
         metrics = [Metric("drop_pt_vs_step_latency_us", round(100 * drop, 4), ts, int(round(1000 * lat))) for drop, lat in points]
         for i in range(0, len(metrics), 900):
             self.client.log_batch(run.info.run_id, metrics=metrics[i : i + 900])
         self.client.set_terminated(run.info.run_id)
         return run.info.run_id
+
+    def front_view(self) -> str:
+        """Saves the runs-table view of this study's front in the experiment (filter ``pareto = true``,
+        sorted by latency, metric columns shown: MLflow opens runs with no metric column) and returns
+        its address in ``mlflow ui``, relative to the UI's root (``#/experiments/...``)."""
+        key = "front-" + re.sub(r"[^A-Za-z0-9_.-]", "_", self.study_name or "study")
+        study = (self.study_name or "").replace("'", "\\'")
+        state = {
+            "searchFilter": f"tags.pareto = 'true' and tags.`{STUDY_TAG}` = '{study}'",
+            "orderByKey": "metrics.`latency_ms`", "orderByAsc": True,
+            "selectedColumns": [f"metrics.`{m}`" for m in VIEW_COLUMNS],
+        }
+        self.client.set_experiment_tag(self.experiment_id, VIEW_TAG + key, json.dumps(state))
+        return f"#/experiments/{self.experiment_id}/runs?viewStateShareKey={urllib.parse.quote(key)}"
 
     def log_dir(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(run_id, str(local_dir), artifact_path)
