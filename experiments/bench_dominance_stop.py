@@ -28,21 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-CONFIG = """\
-model:
-  path: {data}/models/yolox_nano.onnx
-  adapter: yolox
-  adapter_options: {{num_classes: 80, score_threshold: 0.01, nms_iou: 0.65, max_detections: 100}}
-data:
-  eval_images: {data}/coco_tiny/val2017
-  eval_annotations: {data}/coco_tiny/annotations/instances_val2017.json
-  calib_images: {data}/coco_tiny/train2017
-  calib_count: 32
-preprocess: {{resize: letterbox, pad_value: 114, color: bgr}}
-target: {{name: {target}}}
-search: {{budget: {budget}, seed: {seed}, study_name: {study}, dominance_stop: {on}}}
-tracking: {{experiment: {study}}}
-"""
+from run_shared_yolox import CONFIG  # noqa: E402 - the one YOLOX-nano project config of the experiments (sibling)
 
 
 def hypervolume(points: list[tuple[float, float]], ref: tuple[float, float]) -> float:
@@ -78,8 +64,8 @@ def run(data: Path, work: Path, args, on: bool):
     (folder / ".autoq").mkdir()
     os.symlink(cache, folder / ".autoq" / "cache")
     cfg = folder / "autoq.yaml"
-    cfg.write_text(CONFIG.format(data=data, target=args.target, budget=args.budget, seed=args.seed, study=study_name,
-                                 on="true" if on else "false"))
+    text = CONFIG.format(data=data, target=args.target, budget=args.budget, study=study_name)
+    cfg.write_text(text.replace("seed: 0,", f"seed: {args.seed}, dominance_stop: {'true' if on else 'false'},"))
     lines: list[str] = []
     project = Project(load_config(cfg), log=lambda m: None)
 

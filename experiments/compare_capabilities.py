@@ -18,23 +18,11 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from run_shared_yolox import (
+    CONFIG,  # the one YOLOX-nano project config of the experiments (sibling script)
+)
 
-YOLOX = """\
-model:
-  path: {data}/models/yolox_nano.onnx
-  adapter: yolox
-  adapter_options: {{num_classes: 80, score_threshold: 0.01, nms_iou: 0.65, max_detections: 100}}
-data:
-  eval_images: {data}/coco_tiny/val2017
-  eval_annotations: {data}/coco_tiny/annotations/instances_val2017.json
-  calib_images: {data}/coco_tiny/train2017
-  calib_count: 32
-preprocess: {{resize: letterbox, pad_value: 114, color: bgr}}
-target: {{name: {target}}}
-search: {{budget: {budget}, seed: 0, study_name: caps-{target}}}
-tracking: {{experiment: caps-{target}}}
-"""
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_config(model: str, root: Path, target: str, budget: int) -> Path:
@@ -43,7 +31,7 @@ def write_config(model: str, root: Path, target: str, budget: int) -> Path:
         data = Path(os.environ.get("AUTOQ_REAL_DATA") or ROOT / ".." / "shared" / "data").resolve()
         if not (data / "models" / "yolox_nano.onnx").is_file():
             sys.exit(f"no YOLOX-nano under {data}: set AUTOQ_REAL_DATA")
-        cfg.write_text(YOLOX.format(data=data, target=target, budget=budget))
+        cfg.write_text(CONFIG.format(data=data, target=target, budget=budget, study=f"caps-{target}"))
         return cfg
     from autoq.demo.project import write_demo_project
 

@@ -30,6 +30,7 @@ from typing import Any
 from autoq.model.resolution import format_resolution, parse_resolution
 from autoq.plan import Calibration, Precision, QuantConfig
 from autoq.quant.ranges import DEFAULT_PERCENTILE
+from autoq.surrogates.capabilities import nearest
 
 NODE_PREFIX = "node:"
 UNIT_PREFIX = "unit:"
@@ -40,7 +41,6 @@ PERCENTILE = "percentile"  # only suggested when method == "percentile" (a condi
 RESOLUTION = "resolution"  # "HxW" over space.resolutions (only when configured)
 VARIANT = "variant"  # "" (original) + rewrite sets + user variants (only when configured)
 DEFAULT_PERCENTILES = (99.99, 99.999)
-_NEAREST = {"float": ("int16", "int8"), "int16": ("int8", "float"), "int8": ("int16", "float")}
 
 
 def suggest_config(
@@ -187,7 +187,7 @@ class SpaceLayout:
             value = counts.most_common(1)[0][0] if counts else config.default.value
             allowed = dict(self.choices).get(name)
             if allowed is not None and value not in allowed:
-                value = next((p for p in _NEAREST[value] if p in allowed), allowed[0])
+                value = nearest(Precision(value), {Precision(p) for p in allowed}).value
             out[name] = value
         return out
 

@@ -31,7 +31,8 @@ from typing import Any
 from autoq.errors import ConfigError
 from autoq.plan import Precision, QuantConfig
 
-__all__ = ["ANY", "Capabilities", "OpRule", "Realization", "capabilities_from_dict", "op_kind", "realize", "unit_choices"]
+__all__ = ["ANY", "Capabilities", "OpRule", "Realization", "capabilities_from_dict", "nearest", "op_kind", "realize",
+           "unit_choices"]
 
 ANY = "*"
 REJECT = "reject"
@@ -43,6 +44,11 @@ _NEAREST = {
     Precision.INT16: (Precision.INT8, Precision.FLOAT),
     Precision.INT8: (Precision.INT16, Precision.FLOAT),
 }
+
+
+def nearest(requested: Precision, allowed) -> Precision:
+    """The precision among ``allowed`` closest to ``requested`` (float -> int16 -> int8, int8 -> int16 -> float)."""
+    return next(p for p in _NEAREST[requested] if p in allowed)
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,7 @@ class OpRule:
         got = self.realize(requested)
         if got is not None:
             return got
-        return next(p for p in _NEAREST[requested] if p in self.runs)
+        return nearest(requested, self.runs)
 
 
 _PERMISSIVE = OpRule(frozenset(Precision), "int8", "permissive: no capability table")
