@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -19,6 +17,8 @@ from autoq.adapters.base import Adapter, Detections, ImageMeta
 from autoq.data.coco import quiet_coco
 from autoq.data.preprocess import Preprocess
 from autoq.objectives.bootstrap import ImageStats
+from autoq.objectives.cocoeval_numpy import evaluate_image
+from autoq.objectives.cocoeval_numpy import precision as coco_precision
 from autoq.runtime.runner import run_model
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ class CocoEvaluation:
     """pycocotools' bbox COCOeval fed image by image, so it can run while inference continues.
 
     ``add`` evaluates each image as its detections arrive (COCOeval's ``computeIoU`` and
-    ``evaluateImg``, the per-image half of ``evaluate``); ``result`` runs ``accumulate`` over all
+    ``evaluateImg`` (as `evaluate_image`, every area range at once), the per-image half of ``evaluate``); ``result`` runs ``accumulate`` over all
     of them and averages the precisions as ``summarize`` does. The numbers are those of ``loadRes`` + ``evaluate`` on all
     detections at once (tests/test_accuracy.py compares them): detections are the same
     dictionaries ``loadRes`` makes (ids in image order, area = w*h) and ground truth is prepared
@@ -155,13 +155,15 @@ class CocoEvaluation:
             # A category with neither ground truth nor detections in this image evaluates to None
             # (COCOeval.evaluateImg's first check): only the others are evaluated.
             present = {cat for cat in p.catIds if (image_id, cat) in ev._gts or (image_id, cat) in ev._dts}
-            for cat in present:
-                ev.ious[image_id, cat] = ev.computeIoU(image_id, cat)
-            self._per_image[image_id] = [
-                ev.evaluateImg(image_id, cat, area, max_det) if cat in present else None
-                for cat in p.catIds
-                for area in p.areaRng
-            ]
+            none = [None] * len(p.areaRng)
+            row = []
+            for cat in p.catIds:
+                if cat in present:
+                    ev.ious[image_id, cat] = ev.computeIoU(image_id, cat)
+                    row.extend(evaluate_image(ev, image_id, cat, max_det))  # = evaluateImg for each area range
+                else:
+                    row.extend(none)
+            self._per_image[image_id] = row
 
     def _results(self, det: Detections, image_id: int) -> list[dict[str, Any]]:
         if len(det) == 0:
@@ -192,27 +194,15 @@ class CocoEvaluation:
 
     def result(self) -> CocoMetrics:
         """accumulate + summarize over every image added (all of the eval set must have been added)."""
-        import copy
-
         if self._next != len(self._eval_set.metas):
             raise ValueError(f"{self._next} detections for {len(self._eval_set.metas)} images")
         if not self._detections:
             return CocoMetrics(0.0, 0.0, 0.0, 0.0, 0.0, {})
-        ev, p = self._ev, self._ev.params
-        per_cat_area = len(p.areaRng)
-        ev.evalImgs = [
-            self._per_image[i][k * per_cat_area + a]
-            for k in range(len(p.catIds))
-            for a in range(per_cat_area)
-            for i in p.imgIds
-        ]
-        # Only the AP at the largest maxDets is reported: accumulate that one alone (a third of the
-        # work); the means below are those of COCOeval.summarize's AP lines.
-        p.maxDets = p.maxDets[-1:]
-        ev._paramsEval = copy.deepcopy(p)
-        with contextlib.redirect_stdout(io.StringIO()):
-            ev.accumulate()
-        precision = ev.eval["precision"][..., 0]  # [T, R, K, A]
+        p = self._ev.params
+        # Only the AP at the largest maxDets is reported (the means below are those of
+        # COCOeval.summarize's AP lines); `precision` is accumulate's, vectorized.
+        rows = [self._per_image[i] for i in p.imgIds]
+        precision = coco_precision(rows, len(p.catIds), len(p.areaRng), p.iouThrs, p.recThrs, p.maxDets[-1])
         area = {label: i for i, label in enumerate(p.areaRngLbl)}
         iou50 = np.flatnonzero(np.isclose(p.iouThrs, 0.5))
 
