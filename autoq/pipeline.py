@@ -389,13 +389,15 @@ class Project:
         return stream_model(session, self.eval_set.images[start:], self.preprocess, batch_size=settings.batch_size,
                             background=free_core)
 
-    def score(self, outputs, *, reference=None):  # -> autoq.objectives.metrics.MetricResult
-        """The objective metric of raw ``outputs``; ``reference`` = float outputs (default: `float_outputs`)."""
+    def score(self, outputs, *, reference=None, carry=None):  # -> autoq.objectives.metrics.MetricResult
+        """The objective metric of raw ``outputs``; ``reference`` = float outputs (default: `float_outputs`);
+        ``carry``: one trial's dict across its passes (`MetricContext`)."""
         context = MetricContext(
             self.eval_set,
             adapter=lambda: self.adapter,
             reference=reference if reference is not None else (lambda: self.float_outputs),
             memo=self._metric_memo,
+            carry=carry,
         )
         return self.metric(outputs, context)
 
@@ -481,12 +483,13 @@ class Project:
             # One stage: more (¼, ½, ¾) stopped more trials but scoring the prefix again at each stage cost
             # more than the images saved (experiments/results/dominance_stop.txt).
             head: list[Any] = []  # the subset's batches: the second pass runs only the images after them
-            part = self.subset(images)._pass(config, session, lat, dict(seconds), keep=head)
+            carry: dict[str, Any] = {}  # and scores only those: the metric keeps its per-image work here
+            part = self.subset(images)._pass(config, session, lat, dict(seconds), keep=head, carry=carry)
             part = dataclasses.replace(part, partial=True)
             if not go_on(part):
                 return part
             seconds.update({f"subset_{k}": part.seconds.get(k, 0.0) for k in ("inference", "score", "bootstrap")})
-            return self._pass(config, session, lat, seconds, head=head)
+            return self._pass(config, session, lat, seconds, head=head, carry=carry)
         if state is not self:  # another resolution / variant: its own graph, data, statistics, baseline
             return state.evaluate(state.config_for(config))
         config = self.realize(config).config
@@ -511,16 +514,16 @@ class Project:
         return proto, session, lat
 
     def _pass(self, config: QuantConfig, session, lat, seconds: dict[str, Any], *, head: list[Any] | None = None,
-              keep: list[Any] | None = None) -> TrialResult:
+              keep: list[Any] | None = None, carry: dict[str, Any] | None = None) -> TrialResult:
         """The inference pass over this project's eval images (after the batches ``head`` already
-        computed for its first images), scored; ``keep`` receives the batches run."""
+        computed, and scored into ``carry``, for its first images), scored; ``keep`` receives the batches run."""
         base = self.root.baseline  # map_drop: always against the original at its own resolution
         head = head or []
         t = time.perf_counter()
         done = sum(int(np.asarray(b[0]).shape[0]) for b in head if len(b))
         with self.stream_outputs(session, start=done) as stream:  # the metric scores batches while the next ones run
             outputs = PrefixedOutputs(head, stream) if head else stream
-            metrics = self.score(outputs)
+            metrics = self.score(outputs, carry=carry)
             cosine = self.cosine_reference.cosines(outputs)
             ran = stream.finish()
         if keep is not None:

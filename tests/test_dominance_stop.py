@@ -110,6 +110,41 @@ def test_staged_evaluation_runs_each_image_once_and_equals_the_one_pass(tmp_path
     assert map_samples(whole.image_stats.head(16), np.ones((1, 16)))[0] == pytest.approx(stopped.map, abs=1e-12)
 
 
+def test_staged_evaluation_scores_each_image_once(tmp_path):
+    """With ground truth, the second stage decodes and matches only the images after the subset (the
+    subset's per-image COCO results are carried over), and the result is the one-pass result."""
+    import json
+
+    from autoq.objectives.accuracy import pseudo_ground_truth
+    from autoq.objectives.metrics import MetricContext
+
+    labelfree = _project(tmp_path)  # ground truth: the float model's confident detections, written as annotations
+    es = labelfree.eval_set
+    float_detections = MetricContext(es, adapter=labelfree.adapter).detect(labelfree.float_outputs)
+    gt = pseudo_ground_truth(es, float_detections, score_threshold=0.275)
+    names = {m.image_id: f for m, f in zip(es.metas, es.files)}
+    dataset = dict(gt.coco.dataset, images=[dict(i, file_name=names[i["id"]]) for i in gt.coco.dataset["images"]])
+    (tmp_path / "gt.json").write_text(json.dumps(dataset))
+    cfg = tmp_path / "autoq.yaml"
+    cfg.write_text(cfg.read_text().replace("data: {eval_images: eval,", "data: {eval_images: eval, eval_annotations: gt.json,"))
+    project = Project(load_config(cfg))
+    config = QuantConfig.uniform("int16")
+    whole = project.evaluate(config)
+    project.subset(16).baseline  # noqa: B018  (the subset's float baseline, computed before counting)
+    adapter, detected = project.adapter, []
+
+    def decode(outputs, metas):
+        detected.extend(m.image_id for m in metas)
+        return adapter(outputs, metas)
+
+    project.__dict__["adapter"] = project.subset(16).__dict__["adapter"] = decode
+    staged = project.evaluate(config, images=16, go_on=lambda part: True)
+    assert sorted(detected) == sorted(m.image_id for m in project.eval_set.metas)  # each once, not the first 16 twice
+    assert (staged.map, staged.map50, staged.map_small, staged.per_class_ap, staged.drop_boot) == (
+        whole.map, whole.map50, whole.map_small, whole.per_class_ap, whole.drop_boot)
+    assert whole.map > 0.05
+
+
 def test_paired_comparison_with_the_dominating_trial(tmp_path):
     project = _project(tmp_path)
     good = project.evaluate(QuantConfig.uniform("int16"))  # the completed trial

@@ -76,13 +76,16 @@ def detect_batches(
     adapter: Adapter,
     *,
     input_size: tuple[int, int] | None = None,
+    skip: int = 0,
 ) -> Iterator[list[Detections]]:
-    """`detect`, one batch at a time (in order: with `StreamedOutputs`, while later batches still run)."""
+    """`detect`, one batch at a time (in order: with `StreamedOutputs`, while later batches still run);
+    the first ``skip`` batches are passed over (their images already detected)."""
     adapter = bind_input_size(adapter, input_size)
     start = 0
-    for outputs in outputs_per_batch:
+    for k, outputs in enumerate(outputs_per_batch):
         n = int(np.asarray(outputs[0]).shape[0]) if len(outputs) else 0
-        yield list(adapter(outputs, metas[start : start + n]))
+        if k >= skip:
+            yield list(adapter(outputs, metas[start : start + n]))
         start += n
     if start != len(metas):
         raise ValueError(f"outputs cover {start} images but {len(metas)} metas were given")
@@ -164,6 +167,25 @@ class CocoEvaluation:
                 else:
                     row.extend(none)
             self._per_image[image_id] = row
+
+    def resume(self, earlier: tuple[int, CocoEvaluation]) -> tuple[int, int]:
+        """Takes over the images ``earlier`` = (batches, evaluation) evaluated: an evaluation of a prefix
+        of this one's eval set (a trial's early-stop subset), whose per-image results are the same here.
+        Returns (batches, images) taken over; the next `add` continues after them."""
+        batches, other = earlier
+        n = other._next
+        if tuple(other._eval_set.metas[:n]) != tuple(self._eval_set.metas[:n]) or self._next:
+            raise ValueError("resume: the earlier evaluation is not of a prefix of this eval set")
+        ev = self._ev
+        for meta in other._eval_set.metas[:n]:
+            i = meta.image_id
+            if i in other._per_image:
+                self._per_image[i] = other._per_image[i]
+            for cat in ev.params.catIds:
+                if (i, cat) in other._ev._dts:
+                    ev._dts[i, cat] = other._ev._dts[i, cat]
+        self._next, self._detections = n, other._detections
+        return batches, n
 
     def _results(self, det: Detections, image_id: int) -> list[dict[str, Any]]:
         if len(det) == 0:

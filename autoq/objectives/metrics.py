@@ -93,6 +93,9 @@ class MetricContext:
         adapter: the detector's adapter, or a function returning it.
         reference: the float model's raw outputs over ``eval_set``, or a function returning them.
         memo: a dict kept across calls for derived values (e.g. pseudo ground truth).
+        carry: a dict kept across the passes of one trial (its early-stop subset, then the whole set):
+            the outputs of a call with a carry begin with the batches of the previous call with the same
+            carry, so a metric may keep per-image work there instead of redoing it (`CocoMap` does).
     """
 
     def __init__(
@@ -102,8 +105,10 @@ class MetricContext:
         adapter: Adapter | Callable[[], Adapter] | None = None,
         reference: Outputs | Callable[[], Outputs] | None = None,
         memo: dict[Any, Any] | None = None,
+        carry: dict[str, Any] | None = None,
     ) -> None:
         self.eval_set = eval_set
+        self.carry = carry
         self._adapter = adapter
         self._reference = reference
         self.memo: dict[Any, Any] = {} if memo is None else memo
@@ -127,9 +132,9 @@ class MetricContext:
         """The adapter over every batch (told the network input size)."""
         return detect(outputs, self.eval_set.metas, self.adapter, input_size=self.eval_set.size)
 
-    def detect_batches(self, outputs: Outputs) -> Iterator[list[Detections]]:
-        """`detect` batch by batch, as the batches arrive (see `autoq.runtime.stream`)."""
-        return detect_batches(outputs, self.eval_set.metas, self.adapter, input_size=self.eval_set.size)
+    def detect_batches(self, outputs: Outputs, *, skip: int = 0) -> Iterator[list[Detections]]:
+        """`detect` batch by batch, as the batches arrive (see `autoq.runtime.stream`), from batch ``skip`` on."""
+        return detect_batches(outputs, self.eval_set.metas, self.adapter, input_size=self.eval_set.size, skip=skip)
 
     def memoized(self, key: Any, make: Callable[[], Any]) -> Any:
         if key not in self.memo:
@@ -239,8 +244,11 @@ class CocoMap:
     def __call__(self, outputs: Outputs, context: MetricContext) -> MetricResult:
         if context.eval_set.coco is not None:  # each batch scored as it arrives (overlaps a streamed inference)
             evaluation = CocoEvaluation(context.eval_set)
-            for batch in context.detect_batches(outputs):
+            carry = context.carry if context.carry is not None else {}
+            done = evaluation.resume(carry["coco"]) if "coco" in carry else (0, 0)  # (batches, images) scored before
+            for batch in context.detect_batches(outputs, skip=done[0]):
                 evaluation.add(batch)
+            carry["coco"] = (len(outputs), evaluation)
             return self._result(evaluation.result(), {}, evaluation.image_stats())
         es = context.memoized(
             ("pseudo_gt", self.pseudo_gt_score),
