@@ -79,8 +79,8 @@ def test_subset_size_is_on_by_default_and_off_with_the_knob(tmp_path):
 
 
 def test_staged_evaluation_runs_each_image_once_and_equals_the_one_pass(tmp_path, monkeypatch):
-    """16 images, then the other 24 in the same session: the first result is the 16-image subset's, the
-    second the one-pass result, bit for bit."""
+    """Stages of 16 images (16, 32), then the last 8, in the same session: each stage's result is that
+    subset's, the last the one-pass result, bit for bit."""
     import autoq.pipeline as pipeline
 
     project = _project(tmp_path)
@@ -96,9 +96,10 @@ def test_staged_evaluation_runs_each_image_once_and_equals_the_one_pass(tmp_path
     monkeypatch.setattr(pipeline, "stream_model", counting)
     seen: list[TrialResult] = []
     staged = project.evaluate(config, images=16, go_on=lambda part: seen.append(part) or True)
-    assert ran == [16, 24]  # the subset, then only the remaining images
-    assert [p.images for p in seen] == [16] and seen[0].partial and len(seen[0].drop_boot) == 200
-    assert seen[0].map == project.evaluate(config, images=16).map  # the stage is the plain subset evaluation
+    assert ran == [16, 16, 8]  # each stage runs only the images after the previous ones
+    assert [p.images for p in seen] == [16, 32] and seen[0].partial and len(seen[0].drop_boot) == 200
+    assert seen[0].map == project.evaluate(config, images=16).map  # a stage is the plain subset evaluation
+    assert seen[1].map == project.evaluate(config, images=32).map
     assert not staged.partial and staged.images == 40
     assert staged.map == whole.map and staged.map_drop == whole.map_drop and staged.drop_boot == whole.drop_boot
     ran.clear()
@@ -111,8 +112,8 @@ def test_staged_evaluation_runs_each_image_once_and_equals_the_one_pass(tmp_path
 
 
 def test_staged_evaluation_scores_each_image_once(tmp_path):
-    """With ground truth, the second stage decodes and matches only the images after the subset (the
-    subset's per-image COCO results are carried over), and the result is the one-pass result."""
+    """With ground truth, each stage decodes and matches only the images after the previous ones (their
+    per-image COCO results are carried over), and the result is the one-pass result."""
     import json
 
     from autoq.objectives.accuracy import pseudo_ground_truth
@@ -130,16 +131,17 @@ def test_staged_evaluation_scores_each_image_once(tmp_path):
     project = Project(load_config(cfg))
     config = QuantConfig.uniform("int16")
     whole = project.evaluate(config)
-    project.subset(16).baseline  # noqa: B018  (the subset's float baseline, computed before counting)
+    for k in (16, 32):
+        project.subset(k).baseline  # noqa: B018  (the stages' float baselines, computed before counting)
     adapter, detected = project.adapter, []
 
     def decode(outputs, metas):
         detected.extend(m.image_id for m in metas)
         return adapter(outputs, metas)
 
-    project.__dict__["adapter"] = project.subset(16).__dict__["adapter"] = decode
+    project.__dict__["adapter"] = project.subset(16).__dict__["adapter"] = project.subset(32).__dict__["adapter"] = decode
     staged = project.evaluate(config, images=16, go_on=lambda part: True)
-    assert sorted(detected) == sorted(m.image_id for m in project.eval_set.metas)  # each once, not the first 16 twice
+    assert sorted(detected) == sorted(m.image_id for m in project.eval_set.metas)  # each once, not once per stage
     assert (staged.map, staged.map50, staged.map_small, staged.per_class_ap, staged.drop_boot) == (
         whole.map, whole.map50, whole.map_small, whole.per_class_ap, whole.drop_boot)
     assert whole.map > 0.05

@@ -1,15 +1,16 @@
-"""Early stop of hopeless trials: a trial runs on its first images and stops there when it
-cannot reach the front (``search.dominance_stop``) or is far over ``search.max_map_drop``.
+"""Early stop of hopeless trials: a trial runs in stages of its first images and stops at the first
+stage where it cannot reach the front (``search.dominance_stop``) or is far over ``search.max_map_drop``.
 
 A trial's latency is known before it runs (the cost model), so the completed trial D with the best
 drop at that latency or less is known too. The trial first runs on ``early_stop_images`` images
-(¼ of the set by default); D's mAP minus the trial's on the same images is bootstrapped (paired: the images' own difficulty cancels). When even the interval's optimistic end
-(2.5th percentile) says D is better, by more than 0.01 pt (the resolution drops are shown at), the
-trial is dominated whatever the other images say: it stops there (Optuna PRUNED, user attrs
-``partial`` and ``stopped_early``). Without D's per-image results (D evaluated by another worker or
-an earlier run) the trial's own drop interval on those images is compared with D's drop.
-Otherwise the same session runs the remaining images (`autoq.pipeline.Project.evaluate` with
-``go_on``): nothing runs twice.
+(¼ of the set by default), then on the next as many, and so on. After each stage, D's mAP minus the
+trial's on the same images is bootstrapped (paired: the images' own difficulty cancels). When even
+the interval's optimistic end (2.5th percentile) says D is better, by more than 0.01 pt (the
+resolution drops are shown at), the trial is dominated whatever the other images say: it stops there
+(Optuna PRUNED, user attrs ``partial`` and ``stopped_early``). Without D's per-image results (D
+evaluated by another worker or an earlier run) the trial's own drop interval on those images is
+compared with D's drop. Otherwise the same session runs the next images (`autoq.pipeline.Project.evaluate`
+with ``go_on``): no image runs or is scored twice, so a stage costs only its bootstrap.
 
 No constraint is needed. A metric without per-image results (no interval) is never stopped by
 dominance; neither is a trial of another resolution or variant (evaluated in full).
