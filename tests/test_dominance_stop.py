@@ -19,6 +19,7 @@ from autoq.pipeline import Project  # noqa: E402
 from autoq.plan import QuantConfig, TrialResult  # noqa: E402
 from autoq.search.dominance import (  # noqa: E402
     best_drop_at,
+    completed_points,
     dominated_by,
     early_stop_images,
     stop_reason,
@@ -56,15 +57,15 @@ def _study(points):
 
 def test_dominated_only_by_a_better_trial_at_no_more_latency():
     study = _study([(0.02, 1.0, {}), (0.001, 2.0, {}), (0.0, 0.5, {"infeasible": ["too big"]})])
-    assert best_drop_at(study, 1.5) == (0.02, 0)
-    assert best_drop_at(study, 2.0) == (0.001, 1)
-    assert best_drop_at(study, 0.9) is None  # the only faster one does not compile: it dominates nothing
+    assert best_drop_at(completed_points(study), 1.5) == (0.02, 0)
+    assert best_drop_at(completed_points(study), 2.0) == (0.001, 1)
+    assert best_drop_at(completed_points(study), 0.9) is None  # the only faster one does not compile: it dominates nothing
     boot = np.linspace(0.03, 0.09, 200)  # optimistic end ~0.0315
-    assert "trial 0" in dominated_by(study, _result(0.06, 1.2, boot))
-    assert dominated_by(study, _result(0.06, 0.9, boot)) is None  # nothing completed at its latency or less
+    assert "trial 0" in dominated_by(completed_points(study), _result(0.06, 1.2, boot))
+    assert dominated_by(completed_points(study), _result(0.06, 0.9, boot)) is None  # nothing completed at its latency or less
     wide = np.linspace(0.0, 0.09, 200)  # the interval reaches below 2 pt: it might still be on the front
-    assert dominated_by(study, _result(0.06, 1.2, wide)) is None
-    assert dominated_by(study, _result(0.06, 1.2, ())) is None  # no interval (a metric without per-image results)
+    assert dominated_by(completed_points(study), _result(0.06, 1.2, wide)) is None
+    assert dominated_by(completed_points(study), _result(0.06, 1.2, ())) is None  # no interval (a metric without per-image results)
 
 
 def test_subset_size_is_on_by_default_and_off_with_the_knob(tmp_path):
@@ -73,14 +74,14 @@ def test_subset_size_is_on_by_default_and_off_with_the_knob(tmp_path):
     assert early_stop_images(project) == 16  # 40 images: a quarter, at least 16
     off = _project(tmp_path / "b", "budget: 4, dominance_stop: false")
     assert early_stop_images(off) == 0
-    assert stop_reason(off, _study([(0.0, 0.1, {})]), _result(0.5, 1.0, np.full(200, 0.5))) is None
+    assert stop_reason(off, completed_points(_study([(0.0, 0.1, {})])), _result(0.5, 1.0, np.full(200, 0.5))) is None
     small = _project(tmp_path / "c", n_eval=12)
     assert early_stop_images(small) == 0  # too few images to split
 
 
 def test_staged_evaluation_runs_each_image_once_and_equals_the_one_pass(tmp_path, monkeypatch):
-    """Stages of 16 images (16, 32), then the last 8, in the same session: each stage's result is that
-    subset's, the last the one-pass result, bit for bit."""
+    """16 images, then the other 24 in the same session: the first result is the 16-image subset's, the
+    second the one-pass result, bit for bit."""
     import autoq.pipeline as pipeline
 
     project = _project(tmp_path)
@@ -96,10 +97,9 @@ def test_staged_evaluation_runs_each_image_once_and_equals_the_one_pass(tmp_path
     monkeypatch.setattr(pipeline, "stream_model", counting)
     seen: list[TrialResult] = []
     staged = project.evaluate(config, images=16, go_on=lambda part: seen.append(part) or True)
-    assert ran == [16, 16, 8]  # each stage runs only the images after the previous ones
-    assert [p.images for p in seen] == [16, 32] and seen[0].partial and len(seen[0].drop_boot) == 200
-    assert seen[0].map == project.evaluate(config, images=16).map  # a stage is the plain subset evaluation
-    assert seen[1].map == project.evaluate(config, images=32).map
+    assert ran == [16, 24]  # the subset, then only the remaining images
+    assert [p.images for p in seen] == [16] and seen[0].partial and len(seen[0].drop_boot) == 200
+    assert seen[0].map == project.evaluate(config, images=16).map  # the stage is the plain subset evaluation
     assert not staged.partial and staged.images == 40
     assert staged.map == whole.map and staged.map_drop == whole.map_drop and staged.drop_boot == whole.drop_boot
     ran.clear()
@@ -112,8 +112,8 @@ def test_staged_evaluation_runs_each_image_once_and_equals_the_one_pass(tmp_path
 
 
 def test_staged_evaluation_scores_each_image_once(tmp_path):
-    """With ground truth, each stage decodes and matches only the images after the previous ones (their
-    per-image COCO results are carried over), and the result is the one-pass result."""
+    """With ground truth, the second stage decodes and matches only the images after the subset (the
+    subset's per-image COCO results are carried over), and the result is the one-pass result."""
     import json
 
     from autoq.objectives.accuracy import pseudo_ground_truth
@@ -131,17 +131,16 @@ def test_staged_evaluation_scores_each_image_once(tmp_path):
     project = Project(load_config(cfg))
     config = QuantConfig.uniform("int16")
     whole = project.evaluate(config)
-    for k in (16, 32):
-        project.subset(k).baseline  # noqa: B018  (the stages' float baselines, computed before counting)
+    project.subset(16).baseline  # noqa: B018  (the subset's float baseline, computed before counting)
     adapter, detected = project.adapter, []
 
     def decode(outputs, metas):
         detected.extend(m.image_id for m in metas)
         return adapter(outputs, metas)
 
-    project.__dict__["adapter"] = project.subset(16).__dict__["adapter"] = project.subset(32).__dict__["adapter"] = decode
+    project.__dict__["adapter"] = project.subset(16).__dict__["adapter"] = decode
     staged = project.evaluate(config, images=16, go_on=lambda part: True)
-    assert sorted(detected) == sorted(m.image_id for m in project.eval_set.metas)  # each once, not once per stage
+    assert sorted(detected) == sorted(m.image_id for m in project.eval_set.metas)  # each once, not the first 16 twice
     assert (staged.map, staged.map50, staged.map_small, staged.per_class_ap, staged.drop_boot) == (
         whole.map, whole.map50, whole.map_small, whole.per_class_ap, whole.drop_boot)
     assert whole.map > 0.05
@@ -152,12 +151,12 @@ def test_paired_comparison_with_the_dominating_trial(tmp_path):
     good = project.evaluate(QuantConfig.uniform("int16"))  # the completed trial
     bad = project.evaluate(QuantConfig.uniform("int8"), images=16, go_on=lambda part: False)  # ruined (convF)
     study = _study([(good.map_drop, bad.latency_ms, {})])  # at the same latency
-    why = dominated_by(study, bad, {0: good.image_stats})
+    why = dominated_by(completed_points(study), bad, {0: good.image_stats})
     assert why is not None and "paired" in why and "trial 0" in why
-    assert dominated_by(_study([(good.map_drop, bad.latency_ms + 1, {})]), bad, {0: good.image_stats}) is None
+    assert dominated_by(completed_points(_study([(good.map_drop, bad.latency_ms + 1, {})])), bad, {0: good.image_stats}) is None
     # a trial no worse than the completed one is not stopped, paired or not
     same = project.evaluate(QuantConfig.uniform("int16"), images=16, go_on=lambda part: False)
-    assert dominated_by(_study([(good.map_drop, same.latency_ms, {})]), same, {0: good.image_stats}) is None
+    assert dominated_by(completed_points(_study([(good.map_drop, same.latency_ms, {})])), same, {0: good.image_stats}) is None
 
 
 @pytest.mark.slow
@@ -195,6 +194,6 @@ def test_search_stops_a_dominated_seed_and_reports_images(tmp_path):
 
 def test_a_tie_in_rounding_is_not_dominated():
     study = _study([(-6e-8, 1.0, {})])  # e.g. every drop ~0 (a float mAP of ~0)
-    assert dominated_by(study, _result(0.0, 2.0, np.zeros(200))) is None
-    assert dominated_by(study, _result(0.0, 2.0, np.full(200, 5e-5))) is None  # 0.005 pt: a tie at the 0.01 pt shown
-    assert dominated_by(study, _result(0.0, 2.0, np.full(200, 2e-4))) is not None
+    assert dominated_by(completed_points(study), _result(0.0, 2.0, np.zeros(200))) is None
+    assert dominated_by(completed_points(study), _result(0.0, 2.0, np.full(200, 5e-5))) is None  # 0.005 pt: a tie at the 0.01 pt shown
+    assert dominated_by(completed_points(study), _result(0.0, 2.0, np.full(200, 2e-4))) is not None

@@ -1,16 +1,15 @@
-"""Early stop of hopeless trials: a trial runs in stages of its first images and stops at the first
-stage where it cannot reach the front (``search.dominance_stop``) or is far over ``search.max_map_drop``.
+"""Early stop of hopeless trials: a trial runs on its first images and stops there when it
+cannot reach the front (``search.dominance_stop``) or is far over ``search.max_map_drop``.
 
 A trial's latency is known before it runs (the cost model), so the completed trial D with the best
 drop at that latency or less is known too. The trial first runs on ``early_stop_images`` images
-(¼ of the set by default), then on the next as many, and so on. After each stage, D's mAP minus the
-trial's on the same images is bootstrapped (paired: the images' own difficulty cancels). When even
-the interval's optimistic end (2.5th percentile) says D is better, by more than 0.01 pt (the
-resolution drops are shown at), the trial is dominated whatever the other images say: it stops there
-(Optuna PRUNED, user attrs ``partial`` and ``stopped_early``). Without D's per-image results (D
-evaluated by another worker or an earlier run) the trial's own drop interval on those images is
-compared with D's drop. Otherwise the same session runs the next images (`autoq.pipeline.Project.evaluate`
-with ``go_on``): no image runs or is scored twice, so a stage costs only its bootstrap.
+(¼ of the set by default); D's mAP minus the trial's on the same images is bootstrapped (paired: the images' own difficulty cancels). When even the interval's optimistic end
+(2.5th percentile) says D is better, by more than 0.01 pt (the resolution drops are shown at), the
+trial is dominated whatever the other images say: it stops there (Optuna PRUNED, user attrs
+``partial`` and ``stopped_early``). Without D's per-image results (D evaluated by another worker or
+an earlier run) the trial's own drop interval on those images is compared with D's drop.
+Otherwise the same session runs the remaining images (`autoq.pipeline.Project.evaluate` with
+``go_on``): no image runs or is scored twice.
 
 No constraint is needed. A metric without per-image results (no interval) is never stopped by
 dominance; neither is a trial of another resolution or variant (evaluated in full).
@@ -26,7 +25,7 @@ from autoq.pipeline import Project
 from autoq.plan import TrialResult, percentile_interval
 from autoq.trial_record import INFEASIBLE_ATTR
 
-__all__ = ["best_drop_at", "dominated_by", "early_stop_images", "stop_reason"]
+__all__ = ["best_drop_at", "completed_points", "dominated_by", "early_stop_images", "stop_reason"]
 
 _TIE = 1e-4  # 0.01 pt, the resolution drops are shown at: closer to the best is a tie, not a stop
 
@@ -43,22 +42,30 @@ def early_stop_images(project: Project) -> int:
     return k if 0 < k < n else 0
 
 
-def best_drop_at(study, latency_ms: float) -> tuple[float, int] | None:
-    """(best drop, trial number) among the completed trials (those that compile) with latency <=
-    ``latency_ms``; None when there is none."""
+def completed_points(study) -> list[tuple[float, float, int]]:
+    """(drop, latency, trial number) of the completed trials that compile: read once per trial, since
+    reading a study's trials back from its storage costs more than the early-stop test itself."""
     from optuna.trial import TrialState
 
+    return [(float(t.values[0]), float(t.values[1]), t.number)
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if not t.user_attrs.get(INFEASIBLE_ATTR) and t.values is not None]
+
+
+def best_drop_at(points: list[tuple[float, float, int]], latency_ms: float) -> tuple[float, int] | None:
+    """(best drop, trial number) among ``points`` (`completed_points`) with latency <= ``latency_ms``;
+    None when there is none."""
     best: tuple[float, int] | None = None
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if t.user_attrs.get(INFEASIBLE_ATTR) or t.values is None or t.values[1] > latency_ms:
-            continue
-        if best is None or t.values[0] < best[0]:
-            best = (float(t.values[0]), t.number)
+    for drop, latency, number in points:
+        if latency <= latency_ms and (best is None or drop < best[0]):
+            best = (drop, number)
     return best
 
 
-def dominated_by(study, part: TrialResult, stats: Mapping[int, Any] | None = None) -> str | None:
-    """Why the subset result ``part`` cannot reach the front, or None.
+def dominated_by(points: list[tuple[float, float, int]], part: TrialResult,
+                 stats: Mapping[int, Any] | None = None) -> str | None:
+    """Why the subset result ``part`` cannot reach the front of the completed trials ``points``
+    (`completed_points`), or None.
 
     With the per-image results of the completed trial D that has the best drop at no more latency
     (``stats``: trial number -> `ImageStats` on the whole set, kept by this process), the test is
@@ -66,7 +73,7 @@ def dominated_by(study, part: TrialResult, stats: Mapping[int, Any] | None = Non
     even its optimistic end says D is better. The float model's noise on those images cancels, so
     this interval is much narrower than the drop's. Otherwise (D evaluated by another worker or an
     earlier run) the trial's own drop interval on the subset is compared with D's drop."""
-    best = best_drop_at(study, part.latency_ms)
+    best = best_drop_at(points, part.latency_ms)
     if best is None:
         return None
     mine = part.image_stats
@@ -85,13 +92,14 @@ def dominated_by(study, part: TrialResult, stats: Mapping[int, Any] | None = Non
             f"{best[1]} has {100 * best[0]:.2f} pt at no more latency")
 
 
-def stop_reason(project: Project, study, part: TrialResult, stats: Mapping[int, Any] | None = None) -> str | None:
+def stop_reason(project: Project, points: list[tuple[float, float, int]], part: TrialResult,
+                stats: Mapping[int, Any] | None = None) -> str | None:
     """Why a trial stops after its first stage (``part``): over ``max_map_drop`` by the margin, or
-    dominated (with ``dominance_stop``); None = run the remaining images."""
+    dominated by the completed trials ``points`` (with ``dominance_stop``); None = run the remaining images."""
     s = project.config.search
     if s.max_map_drop is not None and part.map_drop > (s.max_map_drop + s.early_stop_margin) / 100.0:
         return (f"drop {100 * part.map_drop:.2f} pt on {part.images} images, over max_map_drop "
                 f"{s.max_map_drop:g} + {s.early_stop_margin:g} pt")
     if s.dominance_stop:
-        return dominated_by(study, part, stats)
+        return dominated_by(points, part, stats)
     return None

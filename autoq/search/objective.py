@@ -10,7 +10,7 @@ from autoq.pipeline import Project
 from autoq.plan import QuantConfig
 from autoq.results.trials import counted_trials
 from autoq.search.context import SearchContext
-from autoq.search.dominance import best_drop_at, early_stop_images, stop_reason
+from autoq.search.dominance import best_drop_at, completed_points, early_stop_images, stop_reason
 from autoq.search.sampler import record_constraints
 from autoq.search.screen import enqueue_next_candidate, screen
 from autoq.search.space import suggest_layout_config
@@ -167,9 +167,10 @@ def make_objective(project: Project, study, ctx: SearchContext, tracker: Tracker
         original = config.resolution in (None, tuple(project.input_size)) and not config.variant
         try:
             stopped: list[str] = []
+            points = completed_points(study) if early and original else []
 
-            def go_on(part) -> bool:  # after the first images: stop a hopeless trial (`autoq.search.dominance`)
-                why = stop_reason(project, study, part, image_stats)
+            def go_on(part) -> bool:  # after each stage: stop a hopeless trial (`autoq.search.dominance`)
+                why = stop_reason(project, points, part, image_stats)
                 stopped.extend([why] if why else [])
                 return why is None
 
@@ -204,10 +205,11 @@ def make_objective(project: Project, study, ctx: SearchContext, tracker: Tracker
         tracker.finish_trial(run_id, config=config, result=result)
         if early and result.image_stats is not None:  # kept while on the front: only front members dominate
             image_stats[trial.number] = result.image_stats
+            points = completed_points(study)  # one read of the study (this trial is told after the return)
+            done = {n: (drop, latency) for drop, latency, n in points}
             for n in [n for n in image_stats if n != trial.number]:
-                other = study.get_trials(deepcopy=False)[n]
-                best = best_drop_at(study, other.values[1]) if other.values else None
-                if best is not None and best[0] < other.values[0]:
+                best = best_drop_at(points, done[n][1]) if n in done else None
+                if n not in done or best[0] < done[n][0]:
                     del image_stats[n]
         return result.map_drop, result.latency_ms
 
