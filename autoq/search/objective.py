@@ -10,7 +10,12 @@ from autoq.pipeline import Project
 from autoq.plan import QuantConfig
 from autoq.results.trials import counted_trials
 from autoq.search.context import SearchContext
-from autoq.search.dominance import best_drop_at, completed_points, early_stop_images, stop_reason
+from autoq.search.dominance import (
+    best_drop_at,
+    completed_points,
+    early_stop_images,
+    stop_reason,
+)
 from autoq.search.sampler import record_constraints
 from autoq.search.screen import enqueue_next_candidate, screen
 from autoq.search.space import suggest_layout_config
