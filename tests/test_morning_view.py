@@ -87,6 +87,15 @@ def test_cosine_reference_bounded_and_exact():
     assert ref.cosines(batches)["out:0"] == pytest.approx(1.0)
     assert ref.cosines([[-b[0]] for b in batches])["out:0"] == pytest.approx(-1.0)
     assert metric_name("out:0") == "cos/out_0"
+    # batch by batch (batches of 2, 3, 1 images; two outputs, one of them all zeros) = the stacked formula
+    from autoq.objectives.similarity import per_image_cosine, stack_images
+
+    f = [[rng.standard_normal((b, 6, 5)).astype(np.float32), np.zeros((b, 3), np.float32)] for b in (2, 3, 1)]
+    q = [[a + 0.3 * rng.standard_normal(a.shape).astype(np.float32), z] for a, z in f]
+    ref = CosineReference.from_outputs(["a", "z"], f, keep=5)
+    want = [float(per_image_cosine(r, o).mean()) for r, o in zip(stack_images(f, 5), stack_images(q, 5))]
+    assert list(ref.cosines(q).values()) == want and 0.5 < want[0] < 0.99 and want[1] == 1.0
+    assert np.isnan(ref.cosines([[a[:, :5], z] for a, z in q])["a"])  # another shape: nan, not an error
 
 
 def test_nv12_roundtrip_is_close_and_keeps_shape():

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ __all__ = [
     "CosineReference",
     "mean_cosine",
     "output_similarity",
+    "norms",
     "per_image_cosine",
     "similarity_per_output",
     "stack_images",
@@ -42,18 +44,24 @@ DEFAULT_BUDGET_BYTES = 32 * 1024 * 1024
 Outputs = Sequence[Sequence[np.ndarray]]  # per batch, per model output, [B, ...]
 
 
-def per_image_cosine(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
+def per_image_cosine(ref: np.ndarray, got: np.ndarray, *, ref_norms: np.ndarray | None = None) -> np.ndarray:
     """Cosine similarity per leading index (image) of two equally shaped arrays (sums in float64);
-    two all-zero vectors count as 1."""
+    two all-zero vectors count as 1. ``ref_norms``: `norms` of ``ref``, when already known."""
     a = np.asarray(ref).reshape(ref.shape[0], -1)
     b = np.asarray(got).reshape(got.shape[0], -1)
     dot = np.einsum("ij,ij->i", a, b, dtype=np.float64)
-    na = np.sqrt(np.einsum("ij,ij->i", a, a, dtype=np.float64))
-    nb = np.sqrt(np.einsum("ij,ij->i", b, b, dtype=np.float64))
+    na = norms(a) if ref_norms is None else ref_norms
+    nb = norms(b)
     denom = na * nb
     safe = np.where(denom > 0, denom, 1.0)
     cos = np.where(denom > 0, dot / safe, np.where((na == 0) & (nb == 0), 1.0, 0.0))
     return np.clip(cos, -1.0, 1.0)
+
+
+def norms(x: np.ndarray) -> np.ndarray:
+    """L2 norm per leading index (image), summed in float64."""
+    a = np.asarray(x).reshape(x.shape[0], -1)
+    return np.sqrt(np.einsum("ij,ij->i", a, a, dtype=np.float64))
 
 
 def stack_images(outputs: Outputs, count: int) -> list[np.ndarray]:
@@ -169,13 +177,28 @@ class CosineReference:
         total = have if total_images is None else total_images
         return cls(tuple(names), tuple(stack_images(float_outputs, keep)), keep, total)
 
+    @functools.cached_property
+    def _norms(self) -> tuple[np.ndarray, ...]:  # the reference's own norms: the same for every trial
+        return tuple(norms(r) if r.ndim else np.zeros(0) for r in self.reference)
+
     def cosines(self, outputs: Outputs) -> dict[str, float]:
-        """``{output name: mean cosine}`` of a trial's raw outputs over the kept images (nan on a shape mismatch)."""
+        """``{output name: mean cosine}`` of a trial's raw outputs over the kept images (nan on a shape mismatch).
+
+        Batch by batch against the kept reference (no copy of the trial's outputs)."""
         if not self.images or not outputs:
             return {}
-        got = stack_images(outputs, self.images)
         result: dict[str, float] = {}
-        for name, ref, arr in zip(self.names, self.reference, got):
-            ok = ref.shape == arr.shape and ref.ndim > 0
-            result[name] = float(per_image_cosine(ref, arr).mean()) if ok else float("nan")
+        for k, (name, ref) in enumerate(zip(self.names, self.reference)):
+            parts, start = [], 0
+            for batch in outputs:
+                if start >= self.images or ref.ndim == 0 or k >= len(batch):
+                    break
+                arr = np.asarray(batch[k])
+                n = min(arr.shape[0] if arr.ndim else 0, self.images - start)
+                if arr.shape[1:] != ref.shape[1:] or n == 0:
+                    break
+                got = np.asarray(arr[:n], np.float32)
+                parts.append(per_image_cosine(ref[start:start + n], got, ref_norms=self._norms[k][start:start + n]))
+                start += n
+            result[name] = float(np.concatenate(parts).mean()) if start == self.images else float("nan")
         return result
