@@ -17,10 +17,13 @@ within-resolution order is the hard part: between resolutions it is nearly free)
 of the measurements (even vs odd rounds) says how far that order is measurable at all.
 
 Run:  python experiments/bench_cost_model.py   (last line: spearman=<rho> spearman_<res>=<rho> ...)
+      python experiments/bench_cost_model.py --refit experiments/_work/bench_cost_model/timings-<run>.json
+      (the fit again on a run's saved timings: a change to the fit compared on the same measurements)
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import sys
@@ -185,17 +188,25 @@ def main() -> int:
     names = [n.name for n in model.quantizable()]
     protos = [build_qdq(model, cfg, ranges).SerializeToString() for cfg in configs]
     shapes = [(1, 3, cfg.resolution[0], cfg.resolution[1]) for cfg in configs]
-    pinned = pin_one_core()
-    print(f"{len(protos)} QDQ models built at {time.time() - t0:.1f}s; timing in shuffled interleaved rounds "
-          f"(blocks of {BLOCK}, {MIN_ROUNDS}..{MAX_ROUNDS}) on core {pinned}; load average {os.getloadavg()[0]:.2f}",
-          flush=True)
-    t1 = time.time()
-    timed, rounds, swaps = time_until_stable(protos, shapes)
-    print(f"{rounds} rounds in {time.time() - t1:.0f}s; pairs swapped in the order after each block: {swaps}; "
-          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    if len(sys.argv) > 2 and sys.argv[1] == "--refit":  # the fit again on a run's saved timings (no timing)
+        timed = [list(map(float, ts)) for ts in json.loads(Path(sys.argv[2]).read_text())["times_ms"]]
+        print(f"timings of {sys.argv[2]}: {len(timed[0])} rounds", flush=True)
+    else:
+        pinned = pin_one_core()
+        print(f"{len(protos)} QDQ models built at {time.time() - t0:.1f}s; timing in shuffled interleaved rounds "
+              f"(blocks of {BLOCK}, {MIN_ROUNDS}..{MAX_ROUNDS}) on core {pinned}; load average {os.getloadavg()[0]:.2f}",
+              flush=True)
+        t1 = time.time()
+        timed, rounds, swaps = time_until_stable(protos, shapes)
+        print(f"{rounds} rounds in {time.time() - t1:.0f}s; pairs swapped in the order after each block: {swaps}; "
+              f"load average {os.getloadavg()[0]:.2f}", flush=True)
+        saved = ROOT / "experiments" / "_work" / "bench_cost_model" / f"timings-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps({"times_ms": timed}))
+        print(f"timings saved to {saved} (refit them: --refit {saved})", flush=True)
     medians = [float(np.percentile(ts, QUANTILE)) for ts in timed]
-    halves = ([float(np.percentile(ts[0::2], QUANTILE)) for ts in timed], [float(np.percentile(ts[1::2], QUANTILE)) for ts in timed])
-    mhalves = ([float(np.median(ts[0::2])) for ts in timed], [float(np.median(ts[1::2])) for ts in timed])
+    halves = ([float(np.percentile(ts[0::2], QUANTILE)) for ts in timed], [float(np.percentile(ts[1::2] or ts, QUANTILE)) for ts in timed])
+    mhalves = ([float(np.median(ts[0::2])) for ts in timed], [float(np.median(ts[1::2] or ts)) for ts in timed])
     measurements = []
     for i, (cfg, ts) in enumerate(zip(configs, timed)):
         r = cfg.resolution[0]
@@ -204,7 +215,7 @@ def main() -> int:
         measurements.append(Measurement(cfg, tables[r], medians[i], None, label))
         print(f"{label:<44} measured {medians[i]:8.2f} ms (p{QUANTILE:g}; min {min(ts):.2f}, median {np.median(ts):.2f}, "
               f"p75 {np.percentile(ts, 75):.2f})", flush=True)
-    for r in RESOLUTIONS:
+    for r in RESOLUTIONS if min(len(ts) for ts in timed) > 1 else ():  # (a refit from p20 values has no rounds)
         idx = [i for i, c in enumerate(configs) if c.resolution[0] == r]
         print(f"measurement split-half (even vs odd rounds) rho at {r}: p{QUANTILE:g} "
               f"{spearman([halves[0][i] for i in idx], [halves[1][i] for i in idx]):.3f}, median "

@@ -15,7 +15,9 @@ multipliers ``r`` of the target's current values:
 
 Rows are divided by the measured value (a relative-error fit, like MAPE), and a small ridge term
 pulls each multiplier towards its current value so parameters the data cannot see stay put.
-Which roofline side binds is re-decided with the fitted values and the fit repeated until stable.
+Which roofline side binds is re-decided with the fitted values and the fit repeated until stable, from
+three starts (the target's values, every node memory-bound, every node compute-bound); the fixed point
+that predicts its own measurements best is kept.
 Measurements can be whole-model times, per-node times (profilers) or both.
 
 Example:
@@ -319,39 +321,57 @@ def fit_target(
     plans = [plan_placement(m.nodes, m.config, target) for m in fit_set]
     prior = _prior(target)
 
-    r: dict[str, float] = {}
-    keys: list[str] = []
-    iterations = 0
-    for iterations in range(1, max_iter + 1):
-        rows = _rows(fit_set, plans, target, r)
-        keys = sorted({k for f, _ in rows for k, v in f.items() if v > 0})
-        a = np.zeros((len(rows) + len(keys), len(keys)))
-        b = np.zeros(len(rows) + len(keys))
-        for j, (f, y) in enumerate(rows):
-            for k, v in f.items():
-                if v > 0:
-                    a[j, keys.index(k)] = v / y
-            b[j] = 1.0
-        lam = math.sqrt(ridge)
-        for j, k in enumerate(keys):
-            a[len(rows) + j, j] = lam
-            b[len(rows) + j] = lam * prior.get(k, 1.0)
-        x = nnls(a, b)
-        new = {k: float(v) for k, v in zip(keys, x)}
-        stable = all(abs(new[k] - r.get(k, math.inf)) <= 1e-6 * max(1.0, abs(new[k])) for k in keys)
-        r = new
-        if stable:
-            break
-
-    fitted = _apply(target, r)
-
     def predict(t: Target, ms: Sequence[Measurement]) -> list[float]:
         return [estimate_latency(m.nodes, m.config, t).total_ms for m in ms]
+
+    fit_totals = [m for m in fit_set if m.ms is not None]
+    fit_truth = [float(m.ms) for m in fit_totals]
+
+    def alternate(r: dict[str, float]) -> tuple[dict[str, float], int]:
+        """Least squares with the binding roofline sides fixed, sides re-decided, until stable."""
+        iterations = 0
+        for iterations in range(1, max_iter + 1):
+            rows = _rows(fit_set, plans, target, r)
+            keys = sorted({k for f, _ in rows for k, v in f.items() if v > 0})
+            a = np.zeros((len(rows) + len(keys), len(keys)))
+            b = np.zeros(len(rows) + len(keys))
+            for j, (f, y) in enumerate(rows):
+                for k, v in f.items():
+                    if v > 0:
+                        a[j, keys.index(k)] = v / y
+                b[j] = 1.0
+            lam = math.sqrt(ridge)
+            for j, k in enumerate(keys):
+                a[len(rows) + j, j] = lam
+                b[len(rows) + j] = lam * prior.get(k, 1.0)
+            x = nnls(a, b)
+            new = {k: float(v) for k, v in zip(keys, x)}
+            stable = all(abs(new[k] - r.get(k, math.inf)) <= 1e-6 * max(1.0, abs(new[k])) for k in keys)
+            r = new
+            if stable:
+                break
+        return r, iterations
+
+    # Which roofline side binds depends on the multipliers being fitted, so the alternation has several
+    # fixed points; which one it reaches from the target's own values flipped with timing noise of a few
+    # 0.1 % (experiments/bench_cost_model.py: held-out MAPE 1.9 % or 6 % on the same 30 configs). Start also
+    # from every node memory-bound and from every node compute-bound, and keep the fit that predicts its
+    # own measurements best.
+    compute_keys = {k for f, _ in _rows(fit_set, plans, target, {}) for k in f if k.startswith("compute:")}
+    starts = [{}, {"npu_mem": 10.0, "cpu_mem": 10.0, "boundary_bytes": 10.0},
+              {"npu_mem": 0.1, "cpu_mem": 0.1, "boundary_bytes": 0.1, "cpu_compute": 10.0, **dict.fromkeys(compute_keys, 10.0)}]
+    best: tuple[float, dict[str, float], int] | None = None
+    for start in starts:
+        r, iterations = alternate(dict(start))
+        err = mape(predict(_apply(target, r), fit_totals), fit_truth) if fit_totals else 0.0
+        if best is None or err < best[0] - 1e-9:
+            best = (err, r, iterations)
+    _, r, iterations = best  # type: ignore[misc]
+    fitted = _apply(target, r)
 
     truth = [float(m.ms) for m in hold_set]
     before = predict(target, hold_set)
     after = predict(fitted, hold_set)
-    fit_totals = [m for m in fit_set if m.ms is not None]
     result = FitResult(
         target=fitted,
         multipliers=r,
