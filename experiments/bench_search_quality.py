@@ -7,15 +7,20 @@ Usage:
 Runs (each its own study in experiments/results/bench_search_quality.db, so every run is resumable and
 computed once; a rerun continues a run to its budget and skips finished ones):
     reference    autoq (sensitivity space, TPE) with budget 300 (seed 100): the long run
-    autoq-s{0,1,2}           autoq defaults (sensitivity-grouped space, seeds, surrogate screen), 40 trials
-    random-s{0,1,2}          random sampler on the per-node space (no sensitivity), 160 trials;
+    autoq-s{0,1,2}           autoq defaults (sensitivity-grouped space, seeds, surrogate screen, dominance
+                             early stop), 40 trials; range estimators [percentile, mse, minmax] (METHODS "pct")
+    autoq-minmax-s{0,1,2}    the same with the previous default range estimators, [minmax]
+    random-s{0,1,2}          random sampler on the per-unit space (no sensitivity, no early stop), 160 trials;
                              random@40 is the first 40 counted trials of the same run (same sampler stream)
-    nsga2-s{0,1,2}           NSGA-II (population 8) on the per-node space, 40 trials
+    nsga2-s{0,1,2}           NSGA-II (population 8) on the per-unit space (no early stop), 40 trials
     sampler study (seed 0, grouped space, 40 trials): autoq-tpe-noscreen-s0, autoq-nsga2-s0,
                              autoq-random-s0, autoq-gp-s0
+The "evals" column counts the images a run evaluated, in whole eval sets (a trial stopped early counts
+its subset): autoq@40 with its early stop is compared with random@160 and NSGA-II at that cost.
 Reference front: the non-dominated set of *all* completed trials of all runs in the database (the long run
 plus every benchmark run). Hypervolume on (map_drop in points, latency_ms), reference point = the worst drop
-and the worst latency of the all-float and all-int8 configurations (= all-int8 drop, all-float latency).
+and the worst latency of the all-float and all-int8 configurations (= the worst all-int8 drop of any range
+estimator, all-float latency).
 Time to target: first completed trial (by trial number, and wall seconds since the study's first trial
 started) with drop <= 1 point and latency <= 0.8 x all-int16 latency.
 Because the all-int16 seed alone (about -0.3 pt at 7.8 ms) covers ~96% of that box (all-float latency is
@@ -219,13 +224,16 @@ def report(cfg_path: Path) -> None:
             k, secs = first_hit(trials)
             method = name.rsplit("-s", 1)[0] if name != "reference" else "reference"
             label = f"{method}@{b}"
-            rows.setdefault(label, []).append((name, len(trials), hv, k, secs, st, hv2))
-    print(f"\n{'run':<24} {'trials':>6} {'HV':>9} {'HV/ref':>7} {'HV2/ref':>7} {'hit trial':>9} {'hit s':>7} {'screened':>8} {'pruned':>6}")
+            n_eval = len(project.eval_set.metas)  # images evaluated, in whole eval sets (a stopped trial: its subset)
+            evals = sum(int(t.user_attrs.get("images", n_eval)) for t in trials if t.state.is_finished()) / n_eval
+            rows.setdefault(label, []).append((name, len(trials), hv, k, secs, st, hv2, evals))
+    print(f"\n{'run':<24} {'trials':>6} {'evals':>6} {'HV':>9} {'HV/ref':>7} {'HV2/ref':>7} {'hit trial':>9} {'hit s':>7} "
+          f"{'screened':>8} {'pruned':>6}")
     for label, rs in rows.items():
-        for name, n, hv, k, secs, st, hv2 in rs:
+        for name, n, hv, k, secs, st, hv2, evals in rs:
             screened = sum(1 for t in st.get_trials(deepcopy=False) if t.user_attrs.get("screened"))
             pruned = sum(1 for t in st.get_trials(deepcopy=False) if t.user_attrs.get("partial"))
-            print(f"{label + ' ' + name.rsplit('-', 1)[-1]:<24} {n:>6} {hv:>9.3f} {hv / hv_ref if hv_ref else 0:>7.3f} "
+            print(f"{label + ' ' + name.rsplit('-', 1)[-1]:<24} {n:>6} {evals:>6.1f} {hv:>9.3f} {hv / hv_ref if hv_ref else 0:>7.3f} "
                   f"{hv2 / hv2_ref if hv2_ref else 0:>7.3f} "
                   f"{k if k else '-':>9} {f'{secs:.0f}' if secs is not None else '-':>7} {screened:>8} {pruned:>6}")
     print("\nmean over seeds (runs complete to their budget only):")
@@ -237,7 +245,9 @@ def report(cfg_path: Path) -> None:
         hvs = [r[2] / hv_ref for r in full]
         hv2s = [r[6] / hv2_ref for r in full] if hv2_ref else [0.0]
         hits = [r[3] for r in full if r[3]]
+        evals = statistics.mean(r[7] for r in full)
         print(f"  {label:<22} HV/ref {statistics.mean(hvs):.3f} (n={len(full)}{', sd %.3f' % statistics.stdev(hvs) if len(hvs) > 1 else ''})"
+              f", {evals:.1f} eval sets"
               f", HV2/ref {statistics.mean(hv2s):.3f}{' (sd %.3f)' % statistics.stdev(hv2s) if len(hv2s) > 1 else ''}"
               f"; target hit in {len(hits)}/{len(full)} runs" + (f", median trial {statistics.median(hits):.0f}" if hits else ""))
     autoq = [r[2] / hv_ref for r in rows.get("autoq@40", []) if r[1] >= 40]

@@ -1,7 +1,7 @@
 """COCO mAP of one model on a cached evaluation set.
 
 `evaluate` = `autoq.runtime.runner.run_model` (ORT over the cached uint8 images) -> `detect` (adapter) -> `coco_metrics`
-(pycocotools, results built in memory, its printing silenced).
+(pycocotools' COCOeval, its per-image matching and accumulate vectorized in `autoq.objectives.cocoeval_numpy`).
 """
 
 from __future__ import annotations
@@ -105,9 +105,10 @@ def coco_metrics(detections: Sequence[Detections], eval_set: EvalSet) -> CocoMet
 class CocoEvaluation:
     """pycocotools' bbox COCOeval fed image by image, so it can run while inference continues.
 
-    ``add`` evaluates each image as its detections arrive (COCOeval's ``computeIoU`` and
-    ``evaluateImg`` (as `evaluate_image`, every area range at once), the per-image half of ``evaluate``); ``result`` runs ``accumulate`` over all
-    of them and averages the precisions as ``summarize`` does. The numbers are those of ``loadRes`` + ``evaluate`` on all
+    ``add`` evaluates each image as its detections arrive (COCOeval's ``computeIoU`` and ``evaluateImg``,
+    the per-image half of ``evaluate``; `evaluate_image` does every area range at once); ``result`` runs
+    ``accumulate`` (vectorized: `autoq.objectives.cocoeval_numpy.precision`) over all of them and
+    averages the precisions as ``summarize`` does. The numbers are those of ``loadRes`` + ``evaluate`` on all
     detections at once (tests/test_accuracy.py compares them): detections are the same
     dictionaries ``loadRes`` makes (ids in image order, area = w*h) and ground truth is prepared
     as ``COCOeval._prepare`` does.

@@ -174,7 +174,7 @@ def make_objective(project: Project, study, ctx: SearchContext, tracker: Tracker
             stopped: list[str] = []
             points = completed_points(study) if early and original else []
 
-            def go_on(part) -> bool:  # after each stage: stop a hopeless trial (`autoq.search.dominance`)
+            def go_on(part) -> bool:  # after the first images: stop a hopeless trial (`autoq.search.dominance`)
                 why = stop_reason(project, points, part, image_stats)
                 stopped.extend([why] if why else [])
                 return why is None
