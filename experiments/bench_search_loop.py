@@ -18,12 +18,15 @@ experiments/run_shared_yolox.py) and for the generated demo project (`autoq demo
    sampler's relative sampling in ``ask``), screening, and what is left (Optuna storage, ask/tell);
    ``evaluate_rest`` is the rest of ``Project.evaluate`` beyond its stage seconds (an early-stop partial
    pass, when the search runs one, lands there);
-3. after the search, every completed trial's QDQ model timed alone: one plain ORT pass over the eval
-   images with the study's session settings (attr ``autoq_session``): the floor;
+3. after the search, every completed trial's QDQ model timed alone: the faster of two plain ORT passes
+   over the eval images with the study's session settings (attr ``autoq_session``): the floor;
 4. the naive loop on the first ``--naive`` trials' configs: ORT ``quantize_static`` with its own MinMax
    calibration, a sequential pass, pycocotools (experiments/bench_trial_speed.py ``naive_trial``).
 
-``loop_overhead_ratio`` = median start-to-start / median pure inference. The LAST line gives both projects'.
+``loop_overhead_ratio`` = median start-to-start / median pure inference. A trial stopped early lands in
+the interval of the completed trial before it (its time counts, its images do not), so the search's wall
+against the inference of every image its trials evaluated is printed too (``wall_per_image_ratio``).
+The LAST line gives both projects' ``loop_overhead_ratio``.
 """
 
 from __future__ import annotations
@@ -156,9 +159,12 @@ def bench(label: str, config: Path, args) -> float:
         row["outside_evaluation"] = row["start_to_start"] - ev["evaluate"]
         row["other"] = row["outside_evaluation"] - sum(row[k] for k in ("mlflow", "tagging", "sampling", "screening", "progress"))
         session = create_session(project.build(trial_config(tr)).SerializeToString(), settings=settings)
-        t = time.perf_counter()
-        project.outputs(session)
-        row["pure_inference"] = time.perf_counter() - t
+        passes = []
+        for _ in range(2):  # the floor: the faster of two passes (other processes only ever add time)
+            t = time.perf_counter()
+            project.outputs(session)
+            passes.append(time.perf_counter() - t)
+        row["pure_inference"] = min(passes)
         row["between"] = between
         rows.append(row)
         print(f"[{label}] trial {tr.number:3d} ({tr.user_attrs.get('seed', 'sampler')}): start-to-start "
