@@ -89,7 +89,9 @@ class TargetSection:
 class SpaceSection:
     precisions: tuple[str, ...] = ("int8", "int16", "float")
     granularities: tuple[str, ...] = ("per_tensor", "per_channel")
-    methods: tuple[str, ...] = ("minmax",)
+    # the first one is the seeds' and the sensitivity sweep's; the sampler searches all (chosen by
+    # experiments/bench_search_quality.py: [minmax, percentile, mse] beat [minmax] and [percentile, mse, minmax])
+    methods: tuple[str, ...] = ("minmax", "percentile", "mse")
     percentiles: tuple[float, ...] = (99.99, 99.999)  # searched when methods has "percentile"
     resolutions: tuple[tuple[int, int], ...] = ()  # [[416, 416], [320, 320]]: searched; () = the model's own
     rewrites: tuple[tuple[str, ...], ...] = ()  # [[silu_to_hardswish]]: rewrite sets searched beside the original
@@ -462,7 +464,8 @@ target:
 space:
   precisions: [int8, int16, float]            # per-node choices; float = left unquantized (CPU)
   granularities: [per_tensor, per_channel]    # weight quantization granularity
-  methods: [minmax]                           # activation range estimators: minmax | percentile | mse | kl
+  methods: [minmax, percentile, mse]          # activation range estimators searched (minmax | percentile | mse | kl);
+                                              # the first is the seeds' and the sensitivity sweep's
   percentiles: [99.99, 99.999]                # tried when methods has percentile
   # resolutions: [[416, 416], [320, 320]]     # input sizes searched (default: the model's own)
   # rewrites: [[silu_to_hardswish]]           # op-replacement sets searched beside the original
