@@ -473,8 +473,6 @@ class Project:
 
         state = self.variant(config.resolution, config.variant)
         if 0 < images < len(self.eval_set.metas) and (go_on is None or state is self):
-            import dataclasses
-
             if go_on is None:
                 return dataclasses.replace(self.subset(images).evaluate(config), partial=True)
             config = self.realize(config).config

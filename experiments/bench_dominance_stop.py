@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from run_shared_yolox import CONFIG  # noqa: E402 - the one YOLOX-nano project config of the experiments (sibling)
+from run_shared_yolox import CONFIG, shared_data  # noqa: E402 - the one YOLOX-nano project config of the experiments (sibling)
 
 
 def hypervolume(points: list[tuple[float, float]], ref: tuple[float, float]) -> float:
@@ -105,10 +105,7 @@ def main() -> int:
     ap.add_argument("--target", default="generic-npu")
     ap.add_argument("--keep-off", action="store_true", help="reuse a finished study without the stop (same seed)")
     args = ap.parse_args()
-    data = Path(os.environ.get("AUTOQ_REAL_DATA", ROOT.parent / "shared" / "data")).resolve()
-    if not (data / "models" / "yolox_nano.onnx").is_file():
-        print(f"real data not found at {data}; set AUTOQ_REAL_DATA", file=sys.stderr)
-        return 2
+    data = shared_data()
     work = ROOT / "experiments" / "_work" / "dominance"
     results = {}
     for on in (True, False):

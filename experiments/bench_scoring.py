@@ -34,21 +34,19 @@ WORK = ROOT / "experiments" / "_work" / "bench_scoring"
 
 
 def _projects():
-    from run_shared_yolox import CONFIG
+    from run_shared_yolox import CONFIG, shared_data
 
     from autoq.config import load_config
     from autoq.demo.project import write_demo_project
     from autoq.pipeline import Project
 
     out = {}
-    data = Path(os.environ.get("AUTOQ_REAL_DATA", ROOT.parent / "shared" / "data")).resolve()
-    if (data / "models" / "yolox_nano.onnx").is_file():
+    data = shared_data(required=False)
+    if data is not None:
         (WORK / "yolox").mkdir(parents=True, exist_ok=True)
         path = WORK / "yolox" / "autoq.yaml"
         path.write_text(CONFIG.format(data=data, target="generic-npu", budget=1, study="scoring"))
         out["yolox_nano"] = Project(load_config(path))
-    else:
-        print(f"real data not found at {data}: YOLOX-nano skipped", file=sys.stderr)
     out["demo"] = Project(load_config(write_demo_project(WORK / "demo")))
     return out
 

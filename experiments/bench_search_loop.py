@@ -195,12 +195,11 @@ def bench(label: str, config: Path, args) -> float:
     pure_of = {d.number: r["pure_inference"] for d, r in zip(done, rows)}
     per_image = statistics.median(r["pure_inference"] for r in rows) / n
     t0, t1 = done[0].datetime_start.timestamp(), done[-1].datetime_start.timestamp()
-    window = [o for o in everything if t0 <= o.datetime_start.timestamp() < t1]
-    images = sum(int(o.user_attrs.get("images", n)) for o in window if o.state is TrialState.COMPLETE
-                 or o.user_attrs.get("stopped_early"))
-    floor = sum(pure_of.get(o.number, per_image * int(o.user_attrs.get("images", n))) for o in window
-                if o.state is TrialState.COMPLETE or o.user_attrs.get("stopped_early"))
-    stopped = sum(1 for o in window if o.user_attrs.get("stopped_early"))
+    evaluated = [o for o in everything if t0 <= o.datetime_start.timestamp() < t1
+                 and (o.state is TrialState.COMPLETE or o.user_attrs.get("stopped_early"))]
+    images = sum(int(o.user_attrs.get("images", n)) for o in evaluated)
+    floor = sum(pure_of.get(o.number, per_image * int(o.user_attrs.get("images", n))) for o in evaluated)
+    stopped = sum(1 for o in evaluated if o.user_attrs.get("stopped_early"))
     print(f"[{label}] per evaluated image: {t1 - t0:.1f}s of search for {images} images ({stopped} trials stopped on "
           f"their subset) whose pure inference is {floor:.1f}s: wall_per_image_ratio = {(t1 - t0) / floor:.3f}", flush=True)
 
@@ -239,12 +238,9 @@ def main() -> int:
 
         ratios["demo"] = bench("demo", write_demo_project(WORK / "demo", log=log), args)
     if args.yolox:
-        from run_shared_yolox import CONFIG
+        from run_shared_yolox import CONFIG, shared_data
 
-        data = Path(os.environ.get("AUTOQ_REAL_DATA", ROOT.parent / "shared" / "data")).resolve()
-        if not (data / "models" / "yolox_nano.onnx").is_file():
-            print(f"real data not found at {data}; set AUTOQ_REAL_DATA", file=sys.stderr)
-            return 2
+        data = shared_data()
         (WORK / "yolox").mkdir(parents=True, exist_ok=True)
         config = WORK / "yolox" / "autoq.yaml"
         config.write_text(CONFIG.format(data=data, target="generic-npu", budget=args.trials + 1, study="bench-loop"))

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import statistics
 import sys
 import time
@@ -94,11 +93,9 @@ RUNS["autoq-gp-s0"] = Run(40, "gp", True, True, 0)
 
 
 def write_project(eval_subset: int = 0) -> Path:
-    from run_shared_yolox import CONFIG
+    from run_shared_yolox import CONFIG, shared_data
 
-    data = Path(os.environ.get("AUTOQ_REAL_DATA", ROOT.parent / "shared" / "data")).resolve()
-    if not (data / "models" / "yolox_nano.onnx").is_file():
-        raise SystemExit(f"real data not found at {data}; set AUTOQ_REAL_DATA")
+    data = shared_data()
     WORK.mkdir(parents=True, exist_ok=True)
     text = CONFIG.format(data=data, target=TARGET, budget=40, study="bench")
     text = text.replace("tracking: {experiment: shared-yolox}", "tracking: {experiment: bench-search}")

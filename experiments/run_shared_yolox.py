@@ -37,6 +37,19 @@ tracking: {{experiment: shared-yolox}}
 """
 
 
+def shared_data(*, required: bool = True) -> Path | None:
+    """The real-data folder ($AUTOQ_REAL_DATA, default ../shared/data) when it holds the YOLOX-nano model;
+    otherwise one line on stderr and exit code 2 (``required``) or None."""
+    data = Path(os.environ.get("AUTOQ_REAL_DATA", ROOT.parent / "shared" / "data")).resolve()
+    if (data / "models" / "yolox_nano.onnx").is_file():
+        return data
+    print(f"real data not found at {data}; set AUTOQ_REAL_DATA" + ("" if required else " (YOLOX-nano skipped)"),
+          file=sys.stderr)
+    if required:
+        raise SystemExit(2)
+    return None
+
+
 def variant_table(project) -> str:
     """Float mAP and all-int8 estimated latency per resolution x variant of the project's space."""
     from autoq.model.resolution import parse_resolution
@@ -69,10 +82,7 @@ def main() -> int:
     ap.add_argument("--resolutions", default="", help="comma-separated HxW, e.g. 416x416,320x320")
     ap.add_argument("--rewrites", default="", help="comma-separated rewrite sets (a set joined with +)")
     args = ap.parse_args()
-    data = Path(os.environ.get("AUTOQ_REAL_DATA", ROOT.parent / "shared" / "data")).resolve()
-    if not (data / "models" / "yolox_nano.onnx").is_file():
-        print(f"real data not found at {data}; set AUTOQ_REAL_DATA", file=sys.stderr)
-        return 2
+    data = shared_data()
     work = ROOT / "experiments" / "_work" / "shared_yolox"
     work.mkdir(parents=True, exist_ok=True)
     cfg_path = work / "autoq.yaml"
